@@ -1,0 +1,35 @@
+"""The ``isolate`` command.  ``isolate run`` avoids importing click (see cli_options)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args[:1] == ["run"]:
+        from .cli_options import fast_parse
+
+        parsed = fast_parse(args[1:])
+        if parsed is not None and parsed[1]:
+            from .cli_run import execute_run
+
+            sys.exit(execute_run(parsed[0], parsed[1]))
+    import click
+
+    from .cli import cli
+
+    try:
+        code = cli.main(args, prog_name="isolate", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        # docker's contract: 125 when the runtime itself rejects the request (exit 2 is the
+        # command's own "usage" status and must stay distinguishable).
+        exc.show()
+        sys.exit(125)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Thin ctypes bindings for the syscalls isolate needs.
+
+Only what the standard library lacks lives here: mount(2), umount2(2), pivot_root(2),
+unshare(2), setns(2), prctl(2), sethostname(2) and a fork-like clone(2).  Every wrapper
+raises ``OSError`` with the errno the kernel returned, so callers can tell EPERM from
+EINVAL the way the man pages do.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+_MACHINE = os.uname().machine
+_libc = ctypes.CDLL(None, use_errno=True)
+# clone() must run with the GIL held: the child's copy of the interpreter then sees the GIL
+# owned by the one thread that exists in it.  CDLL would release the GIL around the call and
+# another thread could take it in the parent at the instant of the copy.
+_libc_gil = ctypes.PyDLL(None, use_errno=True)
+
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220, "armv7l": 120, "ppc64le": 120, "s390x": 120, "riscv64": 220}
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "armv7l": 218, "ppc64le": 203, "s390x": 217, "riscv64": 41}
+
+# sched.h / linux/sched.h
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# sys/mount.h
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_STRICTATIME = 1 << 24
+MNT_DETACH = 2
+
+# sys/prctl.h
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.syscall.restype = ctypes.c_long
+_libc_gil.syscall.restype = ctypes.c_long
+
+
+def _check(ret: int, what: str, path: str | None = None) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}", path)
+    return ret
+
+
+def _b(value: str | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)), "mount", target)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(_b(target), flags), "umount2", target)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.sethostname(raw, len(raw)), "sethostname")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), "prctl")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    nr = _SYS_PIVOT_ROOT[_MACHINE]
+    _check(_libc.syscall(ctypes.c_long(nr), _b(new_root), _b(put_old)), "pivot_root", new_root)
+
+
+def clone_fork(flags: int) -> int:
+    """fork(2) that also enters new namespaces: clone(flags | SIGCHLD) with no new stack.
+
+    One syscall replaces fork + unshare + fork: the child is born inside the new pid
+    namespace (as its PID 1), which unshare(CLONE_NEWPID) cannot do for the caller itself.
+    Python's own fork bookkeeping (at-fork hooks, import lock, thread state) runs around it
+    exactly as in os.fork().  Returns 0 in the child and the child's pid in the parent.
+    """
+    import _signal  # the C module: "import signal" pulls in enum, which is slow to import
+
+    nr = _SYS_CLONE[_MACHINE]
+    api = ctypes.pythonapi
+    api.PyOS_BeforeFork()
+    # Argument order differs by architecture, but with parent_tid/child_tid/tls all NULL
+    # and a NULL stack (share the caller's, copy-on-write, exactly like fork) it does not matter.
+    pid = _libc_gil.syscall(ctypes.c_long(nr), ctypes.c_ulong(flags | _signal.SIGCHLD), None, None, None, None)
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone: {os.strerror(err)}")
+    return int(pid)
+
+
+_SYS_CLOSE_RANGE = 436  # the same number on every architecture (asm-generic/unistd.h)
+CLOSE_RANGE_CLOEXEC = 4
+
+
+def close_range_cloexec(first: int) -> None:
+    """Mark every descriptor >= ``first`` close-on-exec (close_range(2), Linux 5.11)."""
+    ret = _libc.syscall(ctypes.c_long(_SYS_CLOSE_RANGE), ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),
+                        ctypes.c_uint(CLOSE_RANGE_CLOEXEC))
+    if ret < 0:
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd >= first:
+                try:
+                    os.set_inheritable(fd, False)
+                except OSError:
+                    pass

@@ -1,0 +1,87 @@
+"""The options of ``isolate run``, defined once for both parsers.
+
+``isolate run`` is the hot path: importing click costs more than a whole sandbox start
+(about 27 ms against 3 ms, ../shared/NOTES.md), so ``isolate.__main__`` parses a plain
+``run`` command line with :func:`fast_parse` and leaves help, errors and every other
+command to click, which builds its options from the same table.
+"""
+
+from __future__ import annotations
+
+
+class Opt:
+    __slots__ = ("names", "dest", "metavar", "help", "multiple", "flag", "choices")
+
+    def __init__(self, names: tuple[str, ...], help: str, metavar: str = "", multiple: bool = False,
+                 flag: bool = False, choices: tuple[str, ...] = ()) -> None:
+        self.names = names
+        self.dest = names[0].lstrip("-").replace("-", "_")
+        self.metavar = metavar
+        self.help = help
+        self.multiple = multiple
+        self.flag = flag
+        self.choices = choices
+
+
+RUN_OPTIONS = [
+    Opt(("--rootfs",), "Root filesystem directory (read-only lower layer). Default: the built-in host image.",
+        "DIR"),
+    Opt(("--layer",), "Extra lower layer on top of --rootfs; repeat, later ones on top.", "DIR", multiple=True),
+    Opt(("--volume", "-v"), "Bind-mount a host path: HOST:CTR[:ro]. Repeatable.", "HOST:CTR[:ro]",
+        multiple=True),
+    Opt(("--tmpfs",), "Mount a fresh tmpfs at PATH (docker's options: size=, mode=, exec, ...).",
+        "PATH[:OPTS]", multiple=True),
+    Opt(("--read-only",), "No writable root: writes outside /tmp, /dev/shm and volumes fail (EROFS).",
+        flag=True),
+    Opt(("--hostname",), "Hostname inside the sandbox (default: the sandbox id).", "NAME"),
+    Opt(("--env", "-e"), "Set K=V, or copy K from the host. Repeatable.", "K[=V]", multiple=True),
+    Opt(("--workdir", "-w"), "Working directory inside the sandbox (created if missing).", "PATH"),
+    Opt(("--user", "-u"), "Run as UID[:GID] (numeric).", "UID[:GID]"),
+    Opt(("--net",), "none: own network namespace with loopback only (default); host: the host's.", "MODE",
+        choices=("none", "host")),
+    Opt(("--share",), "Keep host namespaces: comma list of pid, net, uts, ipc.", "NS[,NS]", multiple=True),
+    Opt(("--mode",), "pivot_root (default) or chroot (escapable; for teaching).", "MODE",
+        choices=("pivot_root", "chroot")),
+    Opt(("--keep",), "Keep the upper layer after the run and print where it is.", flag=True),
+    Opt(("--wall-time",), "Kill the sandbox after this much real time (e.g. 5, 2.5s, 500ms).", "TIME"),
+    Opt(("--json",), "Print the run result as JSON on stdout after the command's own output.", flag=True),
+    Opt(("--result-file",), "Write the run result as JSON to this file.", "PATH"),
+]
+
+
+def fast_parse(args: list[str]) -> tuple[dict[str, object], list[str]] | None:
+    """(options, command) from ``isolate run``'s arguments, or None to let click handle them."""
+    by_name = {name: opt for opt in RUN_OPTIONS for name in opt.names}
+    values: dict[str, object] = {o.dest: ([] if o.multiple else (False if o.flag else None)) for o in RUN_OPTIONS}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return values, args[i + 1:]
+        if not arg.startswith("-") or arg == "-":
+            return values, args[i:]
+        name, eq, inline = arg.partition("=")
+        opt = by_name.get(name)
+        if opt is None:
+            return None  # --help, a typo, a bundled short flag: click explains better
+        if opt.flag:
+            if eq:
+                return None
+            values[opt.dest] = True
+            i += 1
+            continue
+        if eq:
+            value = inline
+        elif i + 1 < len(args):
+            value = args[i + 1]
+            i += 1
+        else:
+            return None
+        if opt.choices and value not in opt.choices:
+            return None
+        i += 1
+        if opt.multiple:
+            values[opt.dest].append(value)  # type: ignore[attr-defined]
+        else:
+            values[opt.dest] = value
+    return values, []

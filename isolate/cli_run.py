@@ -1,0 +1,72 @@
+"""``isolate run``: options to a Sandbox, the result to an exit status, JSON and a file."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .errors import ConfigError, IsolateError
+from .result import RunResult
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``5``, ``2.5s``, ``500ms``, ``1m`` or ``1h``."""
+    units = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+    number, scale = text.strip(), 1.0
+    for suffix, factor in units:
+        if number.endswith(suffix):
+            number, scale = number[: -len(suffix)], factor
+            break
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise ConfigError(f"{text!r}: not a duration; use seconds (5, 2.5s), ms, m or h") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ConfigError(f"{text!r}: a duration must be a positive number")
+    return value
+
+
+def execute_run(opts: dict[str, object], command: list[str]) -> int:
+    """Run and report; returns the exit status for the shell (docker's conventions)."""
+    from . import Sandbox
+    from .config import parse_env
+
+    def text(name: str) -> str | None:
+        value = opts.get(name)
+        return value if isinstance(value, str) else None
+
+    def many(name: str) -> list[str]:
+        value = opts.get(name)
+        return list(value) if isinstance(value, (list, tuple)) else []
+
+    result: RunResult
+    try:
+        if not command:
+            raise ConfigError("no command given: isolate run [OPTIONS] -- CMD [ARGS...]")
+        share = [ns.strip() for item in many("share") for ns in item.split(",") if ns.strip()]
+        wall = text("wall_time")
+        sandbox = Sandbox(
+            text("rootfs"), layers=many("layer"), volumes=many("volume"), tmpfs=many("tmpfs"),
+            read_only=bool(opts.get("read_only")), hostname=text("hostname"), env=parse_env(many("env")),
+            workdir=text("workdir") or "/", user=text("user"), net=text("net") or "none", share=share,
+            mode=text("mode") or "pivot_root", keep=bool(opts.get("keep")), spawn="direct")
+        result = sandbox.run(command, timeout=parse_duration(wall) if wall else None, forward_signals=True)
+    except IsolateError as exc:
+        print(f"isolate: {exc}", file=sys.stderr)
+        result = RunResult(status="isolate-error", exit_code=exc.exit_code, error=str(exc))
+    except KeyboardInterrupt:
+        return 130
+    if result.upper_dir:
+        print(f"isolate: upper layer kept at {result.upper_dir}", file=sys.stderr)
+    if opts.get("json"):
+        sys.stdout.flush()
+        os.write(1, (result.to_json() + "\n").encode())
+    path = text("result_file")
+    if path:
+        try:
+            with open(path, "w") as f:
+                f.write(result.to_json() + "\n")
+        except OSError as exc:
+            print(f"isolate: cannot write --result-file {path}: {exc.strerror}", file=sys.stderr)
+            return 125
+    return result.exit_code

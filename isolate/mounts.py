@@ -1,0 +1,80 @@
+"""The sandbox's own /proc, /sys, /dev and /tmp, user tmpfs mounts and volumes.
+
+Flags follow runc's defaults (libcontainer/specconv): kernel filesystems are nosuid,
+nodev, noexec; /sys is read-only; /dev is a small tmpfs holding only the devices a
+program expects, so no host disk or console is reachable.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import _libc as L
+from .config import Tmpfs, Volume
+from .errors import ConfigError
+from .spec import MakeDevice, Mount, Step, Symlink
+
+_KERNEL_FS = L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC
+
+# name, major, minor: the set runc and docker create (devices.txt in the kernel docs).
+DEVICES = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
+DEV_LINKS = [("/proc/self/fd", "/dev/fd"), ("/proc/self/fd/0", "/dev/stdin"),
+             ("/proc/self/fd/1", "/dev/stdout"), ("/proc/self/fd/2", "/dev/stderr"), ("pts/ptmx", "/dev/ptmx")]
+
+
+def proc_steps() -> list[Step]:
+    # Mounted from inside the new pid namespace, so it lists only the sandbox's processes.
+    return [Mount("proc", "/proc", "proc", _KERNEL_FS)]
+
+
+def sys_steps() -> list[Step]:
+    return [Mount("sysfs", "/sys", "sysfs", _KERNEL_FS | L.MS_RDONLY)]
+
+
+def dev_steps(own_ipc: bool) -> list[Step]:
+    # /dev must not be nodev (its device nodes could not be opened) but is nosuid.
+    steps: list[Step] = [Mount("tmpfs", "/dev", "tmpfs", L.MS_NOSUID | L.MS_STRICTATIME, "mode=755,size=65536k")]
+    steps += [MakeDevice(f"/dev/{name}", major, minor) for name, major, minor in DEVICES]
+    steps += [Symlink(target, path) for target, path in DEV_LINKS]
+    # newinstance: a devpts of our own, so the host's terminals are not listed in /dev/pts.
+    steps.append(Mount("devpts", "/dev/pts", "devpts", L.MS_NOSUID | L.MS_NOEXEC,
+                       "newinstance,ptmxmode=0666,mode=0620,gid=5"))
+    steps.append(Mount("shm", "/dev/shm", "tmpfs", _KERNEL_FS, "mode=1777,size=65536k"))
+    if own_ipc:
+        steps.append(Mount("mqueue", "/dev/mqueue", "mqueue", _KERNEL_FS))
+    return steps
+
+
+def tmp_steps() -> list[Step]:
+    return [Mount("tmpfs", "/tmp", "tmpfs", L.MS_NOSUID | L.MS_NODEV, "mode=1777")]
+
+
+_TMPFS_FLAGS = {"ro": (L.MS_RDONLY, 0), "rw": (0, L.MS_RDONLY), "nosuid": (L.MS_NOSUID, 0),
+                "suid": (0, L.MS_NOSUID), "nodev": (L.MS_NODEV, 0), "dev": (0, L.MS_NODEV),
+                "noexec": (L.MS_NOEXEC, 0), "exec": (0, L.MS_NOEXEC)}
+
+
+def tmpfs_step(tmp: Tmpfs) -> Step:
+    """``--tmpfs PATH[:OPTS]``: docker's defaults (nosuid, nodev, noexec, mode 1777), OPTS override."""
+    flags = L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC
+    data = ["mode=1777"]
+    for opt in filter(None, tmp.options.split(",")):
+        if opt in _TMPFS_FLAGS:
+            add, remove = _TMPFS_FLAGS[opt]
+            flags = (flags | add) & ~remove
+        elif opt.startswith(("size=", "mode=", "nr_inodes=", "uid=", "gid=")):
+            data = [d for d in data if d.split("=")[0] != opt.split("=")[0]] + [opt]
+        else:
+            raise ConfigError(f"--tmpfs {tmp.target}:{tmp.options}: unknown option {opt!r} "
+                              "(use ro, rw, [no]exec, [no]suid, [no]dev, size=, mode=, uid=, gid=, nr_inodes=)")
+    return Mount("tmpfs", tmp.target, "tmpfs", flags, ",".join(data))
+
+
+def volume_step(vol: Volume) -> Step:
+    source = os.path.abspath(vol.source)
+    create = "dir" if os.path.isdir(source) else "file"
+    if vol.read_only:
+        # Not recursive: a read-only remount covers only the top mount, so mounts below the
+        # source would stay writable.  Leaving them out keeps ":ro" true.
+        return Mount(source, vol.target, None, L.MS_BIND | L.MS_RDONLY, create=create)
+    return Mount(source, vol.target, None, L.MS_BIND | L.MS_REC, create=create)

@@ -1,0 +1,80 @@
+"""From a SandboxConfig to a Plan: which namespaces, which steps, in which order."""
+
+from __future__ import annotations
+
+import os
+
+from . import _libc as L
+from . import mounts, overlay, rootfs
+from .config import DEFAULT_PATH, SandboxConfig
+from .spec import (Chdir, Chroot, LoopbackUp, MakeMountsPrivate, NoNewPrivs, PivotRoot, Plan,
+                   RemountRootReadOnly, SetHostname, SetUser, Step)
+
+_NS_FLAGS = {"pid": L.CLONE_NEWPID, "net": L.CLONE_NEWNET, "uts": L.CLONE_NEWUTS, "ipc": L.CLONE_NEWIPC}
+
+
+def clone_flags(config: SandboxConfig) -> int:
+    flags = L.CLONE_NEWNS
+    for name, flag in _NS_FLAGS.items():
+        if name not in config.shared:
+            flags |= flag
+    return flags
+
+
+def default_env(config: SandboxConfig, hostname: str) -> dict[str, str]:
+    """docker's: PATH, HOSTNAME, HOME and TERM when the host has one; --env wins."""
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname,
+           "HOME": "/root" if config.user is None or config.user[0] == 0 else "/"}
+    if "TERM" in os.environ:
+        env["TERM"] = os.environ["TERM"]
+    env.update(config.env)
+    return env
+
+
+def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
+    """The ordered steps that build this sandbox.  Validates ``config``; touches nothing."""
+    config.validate()
+    flags = clone_flags(config)
+    stage = os.path.join(config.state_dir, "mnt")
+    root = f"{stage}/root"
+    keep_dirs: list[str] = []
+    if config.keep:
+        upper, work = (os.path.join(config.state_dir, sandbox_id, d) for d in ("upper", "work"))
+        keep_dirs = [upper, work]
+    else:
+        upper, work = f"{stage}/upper", f"{stage}/work"
+
+    steps: list[Step] = [MakeMountsPrivate()]
+    steps += overlay.stage_steps(stage)
+    if config.rootfs is None:
+        skel = f"{stage}/skel"
+        steps += rootfs.host_skeleton_steps(skel)
+        lowers = [skel]
+    else:
+        lowers = list(reversed(config.layers)) + [config.rootfs]
+    steps += overlay.overlay_steps(lowers, upper, work, root)
+    if config.rootfs is None:
+        steps += rootfs.host_bind_steps()
+    steps += mounts.proc_steps()
+    steps += mounts.sys_steps()
+    steps += mounts.dev_steps(own_ipc="ipc" not in config.shared)
+    steps += mounts.tmp_steps()
+    steps += [mounts.tmpfs_step(t) for t in config.tmpfs]
+    steps += [mounts.volume_step(v) for v in config.volumes]
+    if "net" not in config.shared:
+        steps.append(LoopbackUp())
+    hostname = config.hostname or ("" if "uts" in config.shared else sandbox_id)
+    if hostname:
+        steps.append(SetHostname(hostname))
+    steps.append(PivotRoot() if config.mode == "pivot_root" else Chroot())
+    steps.append(Chdir(config.workdir))
+    if config.read_only:
+        steps.append(RemountRootReadOnly())
+    steps.append(NoNewPrivs())
+    if config.user is not None:
+        steps.append(SetUser(config.user[0], config.user[1], []))
+    return Plan(sandbox_id=sandbox_id, clone_flags=flags, stage_dir=stage, root=root, steps=steps,
+                argv=list(argv), env=default_env(config, hostname or os.uname().nodename),
+                new_pid_ns=bool(flags & L.CLONE_NEWPID), keep_dirs=keep_dirs,
+                work_dir_to_remove=work if config.keep else None,
+                upper_dir=upper if config.keep else None)

@@ -1,0 +1,282 @@
+"""The public facade: ``Sandbox(...).run([...]) -> RunResult``."""
+
+from __future__ import annotations
+
+import os
+import _signal as signal  # not "signal": it imports enum, slow at start-up
+import time
+
+from . import spawn
+from .config import SandboxConfig, Tmpfs, Volume, parse_user
+from .errors import ConfigError, NotRootError
+from .planner import build_plan
+from .result import RunResult, status_from_wait
+
+TYPE_CHECKING = False  # typing and collections.abc cost milliseconds to import
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from typing import IO, Any, Protocol
+
+    from .spec import Plan
+
+    class _Engine(Protocol):
+        def start(self, plan: Plan, stdio: tuple[int, int, int]) -> tuple[int, int]: ...
+        def finish(self, pid: int) -> tuple[int, float, float]: ...
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                     signal.SIGUSR2, signal.SIGWINCH)
+# Above this resident size, clone() from the caller costs more than a round trip to the
+# spawn helper (page tables are copied: ../shared/NOTES.md).
+HELPER_THRESHOLD = 32 << 20
+
+_pool: Any = None  # HelperPool, made on first use
+
+
+def new_id() -> str:
+    return os.urandom(6).hex()
+
+
+class Sandbox:
+    """A reusable description of a sandbox; each :meth:`run` builds a fresh one and removes it.
+
+    Args:
+        rootfs: directory used as the read-only lower layer; ``None`` for the built-in host
+            image (the host's /usr and /etc essentials, read-only, no download).
+        layers: extra lower layers, later ones on top.
+        volumes: ``"HOST:CTR[:ro]"`` strings or :class:`Volume` objects.
+        tmpfs: paths (``"PATH[:OPTS]"``) that get a fresh tmpfs.
+        read_only: no writable root (writes fail with EROFS); /tmp and volumes stay writable.
+        hostname: defaults to the sandbox id.
+        env: variables added to the defaults (PATH, HOME, HOSTNAME, TERM).
+        workdir: absolute path inside the sandbox, created when missing.
+        user: ``uid``, ``(uid, gid)`` or ``"UID[:GID]"``.
+        net: ``"none"`` (own network namespace with only loopback) or ``"host"``.
+        share: host namespaces to keep, among pid, net, uts, ipc.
+        mode: ``"pivot_root"`` (default) or ``"chroot"`` (escapable, for teaching).
+        keep: keep the upper layer after the run; its path is ``RunResult.upper_dir``.
+        state_dir: where isolate keeps its runtime state (default /run/isolate).
+        spawn: ``"auto"``, ``"direct"`` (clone from this process) or ``"helper"`` (a small
+            pre-started process clones, so the cost does not grow with this process's memory).
+    """
+
+    def __init__(self, rootfs: str | os.PathLike[str] | None = None, *,
+                 layers: Sequence[str | os.PathLike[str]] = (),
+                 volumes: Iterable[str | Volume] = (), tmpfs: Iterable[str | Tmpfs] = (),
+                 read_only: bool = False, hostname: str | None = None,
+                 env: Mapping[str, str] | None = None, workdir: str = "/",
+                 user: int | tuple[int, int] | str | None = None, net: str = "none",
+                 share: Iterable[str] = (), mode: str = "pivot_root", keep: bool = False,
+                 state_dir: str | None = None, spawn: str = "auto") -> None:
+        if isinstance(user, str):
+            user = parse_user(user)
+        elif isinstance(user, int):
+            user = (user, user)
+        self.config = SandboxConfig(
+            rootfs=os.fspath(rootfs) if rootfs is not None else None,
+            layers=[os.fspath(p) for p in layers],
+            volumes=[v if isinstance(v, Volume) else Volume.parse(v) for v in volumes],
+            tmpfs=[t if isinstance(t, Tmpfs) else Tmpfs.parse(t) for t in tmpfs],
+            read_only=read_only, hostname=hostname, env=dict(env or {}), workdir=workdir, user=user,
+            net=net, share=frozenset(share), mode=mode, keep=keep)
+        if state_dir is not None:
+            self.config.state_dir = state_dir
+        if spawn not in ("auto", "direct", "helper"):
+            raise ConfigError(f"spawn={spawn!r}: choose auto, direct or helper")
+        self.spawn = spawn
+        self.config.validate()
+
+    def plan(self, argv: Sequence[str], sandbox_id: str | None = None) -> Plan:
+        """The steps a run of ``argv`` would take, without running anything."""
+        return build_plan(self.config.copy(), sandbox_id or new_id(), list(argv))
+
+    def run(self, argv: Sequence[str], *, capture: bool = False, input: bytes | None = None,
+            stdin: int | IO[Any] | None = None, stdout: int | IO[Any] | None = None,
+            stderr: int | IO[Any] | None = None, timeout: float | None = None,
+            forward_signals: bool = False) -> RunResult:
+        """Run ``argv`` in a fresh sandbox and wait for it.
+
+        ``capture`` collects stdout and stderr into the result; ``input`` is fed to stdin;
+        otherwise the given descriptors (default: this process's) are passed through.
+        ``timeout`` (wall seconds) kills every process of the sandbox when it runs out.
+        ``forward_signals`` relays SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1/2 and SIGWINCH
+        to the command (main thread only; the CLI turns it on).
+
+        Raises :class:`~isolate.errors.IsolateError` subclasses when the sandbox could not
+        be built or the command not executed; nothing is left behind then.
+        """
+        if not argv:
+            raise ConfigError("no command given: pass the command to run after --")
+        if os.geteuid() != 0:
+            raise NotRootError("must run as root (sudo isolate ...); rootless runs come with user namespaces")
+        plan = self.plan(argv)
+        return _Run(plan, self._engine()).run(capture, input, stdin, stdout, stderr, timeout, forward_signals)
+
+    def _engine(self) -> tuple[_Engine, Any]:
+        use_helper = self.spawn == "helper" or (self.spawn == "auto" and _rss() > HELPER_THRESHOLD)
+        if not use_helper:
+            from .supervisor import Supervisor
+            return Supervisor(), None
+        global _pool
+        if _pool is None:
+            from .helper import make_pool
+
+            _pool = make_pool()
+        helper = _pool.acquire()
+        return helper, helper
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGESIZE")
+
+
+def _fileno(value: int | IO[Any] | None, default: int) -> int:
+    if value is None:
+        return default
+    return value if isinstance(value, int) else value.fileno()
+
+
+class _Run:
+    """One run: stdio plumbing, waiting, timeout, signal forwarding and the result."""
+
+    def __init__(self, plan: Plan, engine: tuple[_Engine, Any]) -> None:
+        self.plan = plan
+        self.engine, self.helper = engine
+        self.pidfd = -1
+        self.pid = 0
+        self.emulated: int | None = None
+
+    def run(self, capture: bool, input: bytes | None, stdin: int | IO[Any] | None,
+            stdout: int | IO[Any] | None, stderr: int | IO[Any] | None, timeout: float | None,
+            forward_signals: bool) -> RunResult:
+        child_fds: list[int] = []   # our copies of the child's ends, closed once it started
+        parent_fds: dict[int, str] = {}
+        healthy = True
+        try:
+            stdio = []
+            for n, (value, want_pipe) in enumerate(((stdin, input is not None), (stdout, capture),
+                                                    (stderr, capture))):
+                if want_pipe:
+                    r, w = os.pipe2(os.O_CLOEXEC)
+                    ours, theirs = (w, r) if n == 0 else (r, w)
+                    parent_fds[ours] = ("stdin", "stdout", "stderr")[n]
+                    child_fds.append(theirs)
+                    stdio.append(theirs)
+                else:
+                    fd = _fileno(value, n)
+                    try:
+                        os.fstat(fd)
+                    except OSError:  # a closed std descriptor: give the command /dev/null
+                        fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+                        child_fds.append(fd)
+                    stdio.append(fd)
+            started = time.monotonic()
+            self.pid, self.pidfd = self.engine.start(self.plan, (stdio[0], stdio[1], stdio[2]))
+            for fd in child_fds:
+                os.close(fd)
+            child_fds = []
+            finished = False
+            try:
+                out, timed_out = self._wait(parent_fds, input, timeout, forward_signals)
+                finished = True
+            finally:
+                if not finished:  # interrupted: do not leave the sandbox running
+                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                try:
+                    status, utime, stime = self.engine.finish(self.pid)
+                except BaseException:
+                    healthy = False
+                    raise
+                wall = time.monotonic() - started
+        except BaseException:
+            healthy = False
+            raise
+        finally:
+            for fd in child_fds + list(parent_fds):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            if self.helper is not None and _pool is not None:
+                _pool.release(self.helper, healthy)
+        state, code, sig = status_from_wait(status, timed_out)
+        if sig == signal.SIGKILL and self.emulated:
+            sig, code = self.emulated, 128 + self.emulated
+        return RunResult(status=state, exit_code=code, signal=sig, wall_time=wall, user_time=utime,
+                         system_time=stime, sandbox_id=self.plan.sandbox_id, upper_dir=self.plan.upper_dir,
+                         stdout=out.get("stdout") if capture else None,
+                         stderr=out.get("stderr") if capture else None)
+
+    def _wait(self, pipes: dict[int, str], input: bytes | None, timeout: float | None,
+              forward_signals: bool) -> tuple[dict[str, bytes], bool]:
+        """Pump the pipes until the command exited and its output is drained."""
+        import selectors
+
+        chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        pending = memoryview(input or b"")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        timed_out = False
+        old_handlers = self._forward(forward_signals)
+        sel = selectors.DefaultSelector()
+        try:
+            sel.register(self.pidfd, selectors.EVENT_READ, "exit")
+            for fd, name in pipes.items():
+                if name == "stdin":
+                    if pending:
+                        os.set_blocking(fd, False)
+                        sel.register(fd, selectors.EVENT_WRITE, name)
+                    else:
+                        os.close(fd)
+                else:
+                    sel.register(fd, selectors.EVENT_READ, name)
+            pipes.pop(next((fd for fd, n in pipes.items() if n == "stdin" and not pending), -1), None)
+            alive = True
+            while sel.get_map():
+                wait = None
+                if alive and deadline is not None:
+                    wait = max(0.0, deadline - time.monotonic())
+                events = sel.select(wait)
+                if not events and alive and deadline is not None and time.monotonic() >= deadline:
+                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                    timed_out = True
+                    deadline = None
+                for key, _ in events:
+                    fd, name = key.fd, key.data
+                    if name == "exit":
+                        sel.unregister(fd)
+                        alive = False
+                    elif name == "stdin":
+                        try:
+                            pending = pending[os.write(fd, pending[:65536]):]
+                        except BrokenPipeError:
+                            pending = pending[:0]
+                        if not pending:
+                            sel.unregister(fd)
+                            os.close(fd)
+                            pipes.pop(fd)
+                    else:
+                        data = os.read(fd, 65536)
+                        if data:
+                            chunks[name].append(data)
+                        else:
+                            sel.unregister(fd)
+        finally:
+            sel.close()
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+        return {k: b"".join(v) for k, v in chunks.items()}, timed_out
+
+    def _forward(self, enabled: bool) -> dict[int, Any]:
+        import threading
+
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def relay(sig: int, _frame: Any) -> None:
+            try:
+                if spawn.deliver(self.pidfd, self.pid, sig, self.plan.new_pid_ns):
+                    self.emulated = sig
+            except ProcessLookupError:
+                pass
+
+        return {sig: signal.signal(sig, relay) for sig in FORWARDED_SIGNALS}

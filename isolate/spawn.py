@@ -1,0 +1,177 @@
+"""Starting, reaping and cleaning up one sandbox: the supervisor's side and the child's side.
+
+The parent clones the child straight into its new namespaces (see ``_libc.clone_fork``);
+the child runs the plan's steps and execs the command.  A close-on-exec pipe carries a
+setup failure back to the parent: end-of-file without data means the exec succeeded.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import _signal as signal  # not "signal": it imports enum, slow at start-up
+
+from . import _libc
+from .errors import CommandNotExecutableError, CommandNotFoundError, SetupError
+from .spec import Plan
+
+# Signals whose default action ends a process.  The kernel drops them for a pid
+# namespace's init unless it has a handler (pid_namespaces(7)).
+_TERMINATING = {signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
+                signal.SIGUSR2, signal.SIGALRM, signal.SIGPIPE}
+
+
+def prepare(plan: Plan) -> None:
+    """Host directories the child needs: the (empty) mount point of its tmpfs, --keep dirs."""
+    os.makedirs(plan.stage_dir, 0o700, exist_ok=True)
+    for path in plan.keep_dirs:
+        os.makedirs(path, 0o755)
+
+
+def cleanup(plan: Plan, failed: bool) -> None:
+    """Remove what ``prepare`` made for this sandbox; a failed start keeps nothing, --keep or not."""
+    import shutil
+
+    if plan.work_dir_to_remove:
+        shutil.rmtree(plan.work_dir_to_remove, ignore_errors=True)
+    if failed and plan.keep_dirs:
+        shutil.rmtree(os.path.dirname(plan.keep_dirs[0]), ignore_errors=True)
+
+
+def launch(plan: Plan, stdio: tuple[int, int, int]) -> int:
+    """Start the sandbox; return the pid of its first process once the command was exec'd.
+
+    Raises SetupError (or CommandNotFoundError / CommandNotExecutableError) after reaping
+    the child when a step or the exec failed.
+    """
+    errr, errw = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = _libc.clone_fork(plan.clone_flags)
+        if pid == 0:
+            _child(plan, stdio, errw, errr)  # never returns
+        os.close(errw)
+        errw = -1
+        report = b""
+        while chunk := os.read(errr, 65536):
+            report += chunk
+    finally:
+        if errw >= 0:
+            os.close(errw)
+        os.close(errr)
+    if report:
+        os.waitpid(pid, 0)
+        raise _decode_failure(report)
+    return pid
+
+
+def reap(pid: int) -> tuple[int, float, float]:
+    """Wait for the sandbox's first process: (wait status, user seconds, system seconds)."""
+    _, status, usage = os.wait4(pid, 0)
+    return status, usage.ru_utime, usage.ru_stime
+
+
+def deliver(pidfd: int, pid: int, sig: int, ns_init: bool) -> bool:
+    """Send ``sig`` to the sandbox's first process; True if it was ended in the signal's stead.
+
+    A pid namespace's init ignores every signal it has no handler for, even from the host.
+    A user's Ctrl-C or SIGTERM should still end a command that would die of it outside a
+    sandbox, so when the command neither catches nor ignores a terminating signal, isolate
+    carries out the default action itself with SIGKILL.
+    """
+    if ns_init and sig in _TERMINATING:
+        caught, ignored = _signal_masks(pid)
+        bit = 1 << (sig - 1)
+        if not (caught | ignored) & bit:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            return True
+    signal.pidfd_send_signal(pidfd, sig)
+    return False
+
+
+def _signal_masks(pid: int) -> tuple[int, int]:
+    caught = ignored = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    caught = int(line.split()[1], 16)
+                elif line.startswith("SigIgn:"):
+                    ignored = int(line.split()[1], 16)
+    except OSError:
+        pass
+    return caught, ignored
+
+
+def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int) -> None:
+    """Runs in the new namespaces.  Never returns: execs the command or exits."""
+    what = "starting the sandbox"
+    step = None
+    try:
+        os.close(errr)
+        _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        # The parent may have died before prctl took effect; then nobody reads the pipe.
+        poller = select.poll()
+        poller.register(errw, select.POLLOUT)
+        if any(ev & select.POLLERR for _, ev in poller.poll(0)):
+            os._exit(125)
+        os.setsid()
+        _setup_stdio(stdio)
+        _libc.close_range_cloexec(3)
+        os.set_inheritable(errw, False)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        for step in plan.steps:
+            step.apply(plan.root)
+        step = None
+        _exec(plan, errw)
+    except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
+        if step is not None:
+            what = f"{step.what} ({step.shell(plan.root)})"
+        _report(errw, what, exc)
+    finally:
+        os._exit(125)
+
+
+def _setup_stdio(stdio: tuple[int, int, int]) -> None:
+    # Move the sources out of 0..2 first so that dup2 cannot overwrite one still needed.
+    high = [os.dup(fd) if fd < 3 else fd for fd in stdio]
+    for target, fd in enumerate(high):
+        os.dup2(fd, target, inheritable=True)
+
+
+def _exec(plan: Plan, errw: int) -> None:
+    argv = plan.argv
+    try:
+        os.execvpe(argv[0], argv, plan.env)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            kind = "notfound"
+            msg = f"{argv[0]}: command not found in the sandbox (PATH={plan.env.get('PATH', '')})"
+        else:
+            kind = "noexec"
+            msg = f"{argv[0]}: cannot execute: {os.strerror(exc.errno or 0)}"
+        os.write(errw, f"{kind}\0exec\0{exc.errno or 0}\0{msg}".encode())
+        os._exit(127 if kind == "notfound" else 126)
+
+
+def _report(errw: int, what: str, exc: BaseException) -> None:
+    try:
+        if isinstance(exc, OSError):
+            msg = f"{what} failed: {os.strerror(exc.errno) if exc.errno else exc}"
+            code = exc.errno or 0
+        else:
+            import traceback
+
+            msg = f"{what} failed: {exc!r}\n{traceback.format_exc()}"
+            code = 0
+        os.write(errw, f"setup\0{what}\0{code}\0{msg}".encode())
+    except BaseException:  # noqa: BLE001
+        pass
+
+
+def _decode_failure(report: bytes) -> SetupError:
+    kind, what, code, msg = report.decode(errors="replace").split("\0", 3)
+    cls = {"notfound": CommandNotFoundError, "noexec": CommandNotExecutableError}.get(kind, SetupError)
+    return cls(msg, step=what, errno=int(code))

@@ -1,0 +1,417 @@
+"""The plan of a sandbox: an ordered list of steps, built by the parent, run by the child.
+
+Each step is plain data (so the plan pickles to the spawn helper and prints as the shell
+commands that do the same by hand) with an ``apply`` method that performs it with
+syscalls.  Paths inside the sandbox are written relative to the new root and resolved
+with :func:`resolve_in_root`, so a symlink in an image can never send a mount outside it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+TYPE_CHECKING = False  # typing and shlex cost milliseconds to import; shell() is rarely run
+if TYPE_CHECKING:
+    from typing import Any
+
+from . import _libc
+
+_MS_NAMES = [
+    (_libc.MS_RDONLY, "ro"), (_libc.MS_NOSUID, "nosuid"), (_libc.MS_NODEV, "nodev"),
+    (_libc.MS_NOEXEC, "noexec"), (_libc.MS_NOATIME, "noatime"), (_libc.MS_STRICTATIME, "strictatime"),
+]
+# statvfs(3) f_flag bits that have the same value as the MS_* flag of the same name.
+_KEEP_ON_REMOUNT = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC | _libc.MS_NOATIME | 2048
+
+
+def resolve_in_root(root: str, path: str, create: str | None = None) -> str:
+    """Host path of ``path`` as seen from inside ``root``, following symlinks as chroot would.
+
+    An absolute symlink restarts at ``root`` and ``..`` stops at ``root``: whatever the
+    image holds, the result lies under ``root``.  With ``create`` ("dir" or "file") the
+    missing components are made (parents as directories, the last one as ``create``).
+    """
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    links = 0
+    while parts:
+        name = parts.pop(0)
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        here = os.path.join(root, *done, name)
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            if create is None:
+                raise
+            if parts or create == "dir":
+                os.mkdir(here, 0o755)
+            else:
+                os.close(os.open(here, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+            done.append(name)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > 40:  # the kernel's own limit (MAXSYMLINKS), path_resolution(7)
+                raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+            target = os.readlink(here)
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        done.append(name)
+    return os.path.join(root, *done)
+
+
+def _flag_words(flags: int) -> list[str]:
+    return [name for bit, name in _MS_NAMES if flags & bit]
+
+
+class Step:
+    """One action of the plan.  ``apply`` runs in the child, before the command is exec'd.
+
+    Steps are plain slotted classes, not dataclasses: ``import isolate`` must stay cheap
+    and dataclass generation costs a few milliseconds per import.
+    """
+
+    __slots__: tuple[str, ...] = ()
+    #: short label used in error messages: "isolate: <what> failed: ..."
+    what = "step"
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._values() == self._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._values()))
+
+    def apply(self, root: str) -> None:
+        raise NotImplementedError
+
+    def shell(self, root: str) -> str:
+        raise NotImplementedError
+
+
+class MakeMountsPrivate(Step):
+    """Stop mount events from propagating back to the host (mount_namespaces(7))."""
+    __slots__ = ()
+
+    what = "making mounts private"
+
+    def apply(self, root: str) -> None:
+        _libc.mount(None, "/", None, _libc.MS_REC | _libc.MS_PRIVATE)
+
+    def shell(self, root: str) -> str:
+        return "mount --make-rprivate /"
+
+
+class Mount(Step):
+    """mount(2) of a filesystem or a bind.  ``target`` is inside the root unless ``host_target``."""
+    __slots__ = ('source', 'target', 'fstype', 'flags', 'data', 'host_target', 'create')
+
+    def __init__(
+        self, source: str,
+        target: str,
+        fstype: str | None,
+        flags: int = 0,
+        data: str | None = None,
+        host_target: bool = False,
+        create: str = "dir",
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.fstype = fstype
+        self.flags = flags
+        self.data = data
+        self.host_target = host_target
+        self.create = create
+
+    what = "mount"
+
+    def target_path(self, root: str) -> str:
+        if self.host_target:
+            return self.target
+        return resolve_in_root(root, self.target, self.create)
+
+    def apply(self, root: str) -> None:
+        target = self.target_path(root)
+        if self.flags & _libc.MS_BIND and self.flags & _libc.MS_RDONLY:
+            # A bind ignores MS_RDONLY; read-only needs a second, remounting call.  Keep the
+            # source's nosuid/nodev/noexec: as real root we could drop them, and must not.
+            _libc.mount(self.source, target, None, self.flags & ~_libc.MS_RDONLY)
+            kept = os.statvfs(target).f_flag & _KEEP_ON_REMOUNT
+            _libc.mount(None, target, None, _libc.MS_BIND | _libc.MS_REMOUNT | _libc.MS_RDONLY | kept)
+        else:
+            _libc.mount(self.source, target, self.fstype, self.flags, self.data)
+
+    def shell(self, root: str) -> str:
+        target = self.target if self.host_target else root + self.target
+        opts = _flag_words(self.flags & ~_libc.MS_BIND & ~_libc.MS_REC)
+        if self.data:
+            opts.append(self.data)
+        if self.flags & _libc.MS_BIND:
+            kind = "--rbind" if self.flags & _libc.MS_REC else "--bind"
+            cmd = f"mount {kind} {_q(self.source)} {_q(target)}"
+            if self.flags & _libc.MS_RDONLY:
+                cmd += f" && mount -o remount,bind,ro {_q(target)}"
+            return cmd
+        optstr = f" -o {_q(','.join(opts))}" if opts else ""
+        return f"mount -t {self.fstype}{optstr} {_q(self.source)} {_q(target)}"
+
+
+class MakeDir(Step):
+    __slots__ = ('path', 'mode', 'host_path')
+
+    def __init__(self, path: str, mode: int = 0o755, host_path: bool = False) -> None:
+        self.path = path
+        self.mode = mode
+        self.host_path = host_path
+
+    what = "mkdir"
+
+    def apply(self, root: str) -> None:
+        path = self.path if self.host_path else resolve_in_root(root, self.path, "dir")
+        os.makedirs(path, self.mode, exist_ok=True)
+        os.chmod(path, self.mode)  # makedirs' mode is filtered by the umask
+
+    def shell(self, root: str) -> str:
+        path = self.path if self.host_path else root + self.path
+        return f"mkdir -p -m {self.mode:o} {_q(path)}"
+
+
+class Symlink(Step):
+    __slots__ = ('target', 'path', 'host_path')
+
+    def __init__(self, target: str, path: str, host_path: bool = False) -> None:
+        self.target = target
+        self.path = path
+        self.host_path = host_path
+
+    what = "symlink"
+
+    def apply(self, root: str) -> None:
+        if self.host_path:
+            link = self.path
+        else:
+            parent, name = os.path.split(self.path)
+            link = os.path.join(resolve_in_root(root, parent, "dir"), name)
+        try:
+            os.symlink(self.target, link)
+        except FileExistsError:
+            if os.path.islink(link) and os.readlink(link) == self.target:
+                return
+            raise
+
+    def shell(self, root: str) -> str:
+        path = self.path if self.host_path else root + self.path
+        return f"ln -s {_q(self.target)} {_q(path)}"
+
+
+class MakeDevice(Step):
+    """A character device node; /dev is a fresh tmpfs, so only what is listed exists."""
+    __slots__ = ('path', 'major', 'minor', 'mode')
+
+    def __init__(self, path: str, major: int, minor: int, mode: int = 0o666) -> None:
+        self.path = path
+        self.major = major
+        self.minor = minor
+        self.mode = mode
+
+    what = "mknod"
+
+    def apply(self, root: str) -> None:
+        parent, name = os.path.split(self.path)
+        path = os.path.join(resolve_in_root(root, parent, "dir"), name)
+        os.mknod(path, stat.S_IFCHR | self.mode, os.makedev(self.major, self.minor))
+        os.chmod(path, self.mode)
+
+    def shell(self, root: str) -> str:
+        return f"mknod -m {self.mode:o} {root}{self.path} c {self.major} {self.minor}"
+
+
+class PivotRoot(Step):
+    """Make the new root the process's / and detach the old one (pivot_root(2), "pivot_root(".", ".")")."""
+    __slots__ = ()
+
+    what = "pivot_root"
+
+    def apply(self, root: str) -> None:
+        os.chdir(root)
+        _libc.pivot_root(".", ".")
+        # The old root now sits on top of "."; detaching it leaves no path back to the host.
+        _libc.umount2(".", _libc.MNT_DETACH)
+        os.chdir("/")
+
+    def shell(self, root: str) -> str:
+        return f"cd {_q(root)} && pivot_root . . && umount -l . && cd /"
+
+
+class Chroot(Step):
+    """chroot(2) only: the host's mounts stay in this namespace and the root can be escaped."""
+    __slots__ = ()
+
+    what = "chroot"
+
+    def apply(self, root: str) -> None:
+        os.chroot(root)
+        os.chdir("/")
+
+    def shell(self, root: str) -> str:
+        return f"chroot {_q(root)}"
+
+
+class RemountRootReadOnly(Step):
+    __slots__ = ()
+
+    what = "read-only remount of /"
+
+    def apply(self, root: str) -> None:
+        _libc.mount(None, "/", None, _libc.MS_REMOUNT | _libc.MS_BIND | _libc.MS_RDONLY)
+
+    def shell(self, root: str) -> str:
+        return "mount -o remount,bind,ro /"
+
+
+class SetHostname(Step):
+    __slots__ = ('name',)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    what = "sethostname"
+
+    def apply(self, root: str) -> None:
+        _libc.sethostname(self.name)
+
+    def shell(self, root: str) -> str:
+        return f"hostname {_q(self.name)}"
+
+
+class LoopbackUp(Step):
+    """Bring ``lo`` up in the new network namespace with SIOCSIFFLAGS, as ``ip link`` would."""
+    __slots__ = ()
+
+    what = "bringing up the loopback interface"
+
+    def apply(self, root: str) -> None:
+        import fcntl
+        import socket
+        import struct
+
+        siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            ifreq = struct.pack("16sH22x", b"lo", 0)
+            flags = struct.unpack("16sH22x", fcntl.ioctl(sock, siocgifflags, ifreq))[1]
+            fcntl.ioctl(sock, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
+
+    def shell(self, root: str) -> str:
+        return "ip link set lo up"
+
+
+class Chdir(Step):
+    __slots__ = ('path', 'create')
+
+    def __init__(self, path: str, create: bool = True) -> None:
+        self.path = path
+        self.create = create
+
+    what = "chdir to the working directory"
+
+    def apply(self, root: str) -> None:
+        if self.create:
+            os.makedirs(self.path, 0o755, exist_ok=True)
+        os.chdir(self.path)
+
+    def shell(self, root: str) -> str:
+        return f"cd {_q(self.path)}"
+
+
+class NoNewPrivs(Step):
+    """PR_SET_NO_NEW_PRIVS: execve can no longer grant privileges (setuid bits, file caps)."""
+    __slots__ = ()
+
+    what = "setting no_new_privs"
+
+    def apply(self, root: str) -> None:
+        _libc.prctl(_libc.PR_SET_NO_NEW_PRIVS, 1)
+
+    def shell(self, root: str) -> str:
+        return "setpriv --no-new-privs"
+
+
+class SetUser(Step):
+    __slots__ = ('uid', 'gid', 'groups')
+
+    def __init__(self, uid: int, gid: int, groups: list[int] | None = None) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups if groups is not None else []
+
+    what = "switching user"
+
+    def apply(self, root: str) -> None:
+        os.setgroups(self.groups)
+        os.setresgid(self.gid, self.gid, self.gid)
+        os.setresuid(self.uid, self.uid, self.uid)
+
+    def shell(self, root: str) -> str:
+        groups = ",".join(map(str, self.groups)) or "-"
+        return f"setpriv --reuid {self.uid} --regid {self.gid} --groups {groups}" if self.groups else (
+            f"setpriv --reuid {self.uid} --regid {self.gid} --clear-groups")
+
+
+class Plan:
+    """Everything needed to start one sandbox: namespaces to create, steps, and the command."""
+    __slots__ = ('sandbox_id', 'clone_flags', 'stage_dir', 'root', 'steps', 'argv', 'env', 'new_pid_ns', 'keep_dirs', 'work_dir_to_remove', 'upper_dir')
+
+    def __init__(
+        self, sandbox_id: str,
+        clone_flags: int,
+        stage_dir: str,
+        root: str,
+        steps: list[Step],
+        argv: list[str],
+        env: dict[str, str],
+        new_pid_ns: bool,
+        keep_dirs: list[str] | None = None,
+        work_dir_to_remove: str | None = None,
+        upper_dir: str | None = None,
+    ) -> None:
+        self.sandbox_id = sandbox_id
+        self.clone_flags = clone_flags
+        self.stage_dir = stage_dir  # host directory where the sandbox's private tmpfs is mounted
+        self.root = root  # host path of the new root before pivot_root / chroot
+        self.steps = steps
+        self.argv = argv
+        self.env = env
+        self.new_pid_ns = new_pid_ns
+        self.keep_dirs = keep_dirs if keep_dirs is not None else []  # host dirs made for --keep (upper, work)
+        self.work_dir_to_remove = work_dir_to_remove
+        self.upper_dir = upper_dir
+
+
+    def shell(self) -> list[str]:
+        """The steps as shell commands, in order, for ``--explain``."""
+        flags = [(f, n) for f, n in [
+            (_libc.CLONE_NEWPID, "--pid --fork"), (_libc.CLONE_NEWNS, "--mount"),
+            (_libc.CLONE_NEWUTS, "--uts"), (_libc.CLONE_NEWIPC, "--ipc"), (_libc.CLONE_NEWNET, "--net"),
+            (_libc.CLONE_NEWCGROUP, "--cgroup")] if self.clone_flags & f]
+        lines = ["unshare " + " ".join(n for _, n in flags)]
+        lines += [s.shell(self.root) for s in self.steps]
+        lines.append("exec " + " ".join(_q(a) for a in self.argv))
+        return lines
+
+
+def _q(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
