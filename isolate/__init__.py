@@ -9,11 +9,29 @@ Importing this package stays cheap: no click, psutil or cgroupspy here.
 """
 
 from .config import Tmpfs, Volume
-from .errors import (CommandNotExecutableError, CommandNotFoundError, ConfigError, HostSupportError,
-                     IsolateError, NotRootError, SetupError)
+from .errors import (
+    CommandNotExecutableError,
+    CommandNotFoundError,
+    ConfigError,
+    HostSupportError,
+    IsolateError,
+    NotRootError,
+    SetupError,
+)
 from .result import RunResult
 from .sandbox import Sandbox
 
-__all__ = ["Sandbox", "RunResult", "Volume", "Tmpfs", "IsolateError", "ConfigError", "NotRootError",
-           "HostSupportError", "SetupError", "CommandNotFoundError", "CommandNotExecutableError"]
+__all__ = [
+    "Sandbox",
+    "RunResult",
+    "Volume",
+    "Tmpfs",
+    "IsolateError",
+    "ConfigError",
+    "NotRootError",
+    "HostSupportError",
+    "SetupError",
+    "CommandNotFoundError",
+    "CommandNotExecutableError",
+]
 __version__ = "0.1.0"

@@ -134,8 +134,12 @@ CLOSE_RANGE_CLOEXEC = 4
 
 def close_range_cloexec(first: int) -> None:
     """Mark every descriptor >= ``first`` close-on-exec (close_range(2), Linux 5.11)."""
-    ret = _libc.syscall(ctypes.c_long(_SYS_CLOSE_RANGE), ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),
-                        ctypes.c_uint(CLOSE_RANGE_CLOEXEC))
+    ret = _libc.syscall(
+        ctypes.c_long(_SYS_CLOSE_RANGE),
+        ctypes.c_uint(first),
+        ctypes.c_uint(0xFFFFFFFF),
+        ctypes.c_uint(CLOSE_RANGE_CLOEXEC),
+    )
     if ret < 0:
         for name in os.listdir("/proc/self/fd"):
             fd = int(name)

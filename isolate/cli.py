@@ -31,13 +31,16 @@ def _run_command() -> click.Command:
         sys.exit(execute_run(opts, list(command)))
 
     return click.Command(
-        "run", params=params, callback=callback,
+        "run",
+        params=params,
+        callback=callback,
         context_settings={"allow_interspersed_args": False, "help_option_names": ["-h", "--help"]},
         help="Run COMMAND in a fresh sandbox: new pid, mount, uts, ipc and network namespaces, "
-             "an overlay root (the host image by default), its own /proc, /sys, /dev and /tmp. "
-             "Exits with COMMAND's status (128+N for signal N; 125 isolate error, 126 not "
-             "executable, 127 not found).\n\n  isolate run --rootfs ./busybox -- sh -c 'echo $$'",
-        short_help="Run a command in a fresh sandbox.")
+        "an overlay root (the host image by default), its own /proc, /sys, /dev and /tmp. "
+        "Exits with COMMAND's status (128+N for signal N; 125 isolate error, 126 not "
+        "executable, 127 not found).\n\n  isolate run --rootfs ./busybox -- sh -c 'echo $$'",
+        short_help="Run a command in a fresh sandbox.",
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,8 +12,15 @@ from __future__ import annotations
 class Opt:
     __slots__ = ("names", "dest", "metavar", "help", "multiple", "flag", "choices")
 
-    def __init__(self, names: tuple[str, ...], help: str, metavar: str = "", multiple: bool = False,
-                 flag: bool = False, choices: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        help: str,
+        metavar: str = "",
+        multiple: bool = False,
+        flag: bool = False,
+        choices: tuple[str, ...] = (),
+    ) -> None:
         self.names = names
         self.dest = names[0].lstrip("-").replace("-", "_")
         self.metavar = metavar
@@ -24,24 +31,33 @@ class Opt:
 
 
 RUN_OPTIONS = [
-    Opt(("--rootfs",), "Root filesystem directory (read-only lower layer). Default: the built-in host image.",
-        "DIR"),
+    Opt(("--rootfs",), "Root filesystem directory (read-only lower layer). Default: the built-in host image.", "DIR"),
     Opt(("--layer",), "Extra lower layer on top of --rootfs; repeat, later ones on top.", "DIR", multiple=True),
-    Opt(("--volume", "-v"), "Bind-mount a host path: HOST:CTR[:ro]. Repeatable.", "HOST:CTR[:ro]",
-        multiple=True),
-    Opt(("--tmpfs",), "Mount a fresh tmpfs at PATH (docker's options: size=, mode=, exec, ...).",
-        "PATH[:OPTS]", multiple=True),
-    Opt(("--read-only",), "No writable root: writes outside /tmp, /dev/shm and volumes fail (EROFS).",
-        flag=True),
+    Opt(("--volume", "-v"), "Bind-mount a host path: HOST:CTR[:ro]. Repeatable.", "HOST:CTR[:ro]", multiple=True),
+    Opt(
+        ("--tmpfs",),
+        "Mount a fresh tmpfs at PATH (docker's options: size=, mode=, exec, ...).",
+        "PATH[:OPTS]",
+        multiple=True,
+    ),
+    Opt(("--read-only",), "No writable root: writes outside /tmp, /dev/shm and volumes fail (EROFS).", flag=True),
     Opt(("--hostname",), "Hostname inside the sandbox (default: the sandbox id).", "NAME"),
     Opt(("--env", "-e"), "Set K=V, or copy K from the host. Repeatable.", "K[=V]", multiple=True),
     Opt(("--workdir", "-w"), "Working directory inside the sandbox (created if missing).", "PATH"),
     Opt(("--user", "-u"), "Run as UID[:GID] (numeric).", "UID[:GID]"),
-    Opt(("--net",), "none: own network namespace with loopback only (default); host: the host's.", "MODE",
-        choices=("none", "host")),
+    Opt(
+        ("--net",),
+        "none: own network namespace with loopback only (default); host: the host's.",
+        "MODE",
+        choices=("none", "host"),
+    ),
     Opt(("--share",), "Keep host namespaces: comma list of pid, net, uts, ipc.", "NS[,NS]", multiple=True),
-    Opt(("--mode",), "pivot_root (default) or chroot (escapable; for teaching).", "MODE",
-        choices=("pivot_root", "chroot")),
+    Opt(
+        ("--mode",),
+        "pivot_root (default) or chroot (escapable; for teaching).",
+        "MODE",
+        choices=("pivot_root", "chroot"),
+    ),
     Opt(("--keep",), "Keep the upper layer after the run and print where it is.", flag=True),
     Opt(("--wall-time",), "Kill the sandbox after this much real time (e.g. 5, 2.5s, 500ms).", "TIME"),
     Opt(("--json",), "Print the run result as JSON on stdout after the command's own output.", flag=True),
@@ -57,7 +73,7 @@ def fast_parse(args: list[str]) -> tuple[dict[str, object], list[str]] | None:
     while i < len(args):
         arg = args[i]
         if arg == "--":
-            return values, args[i + 1:]
+            return values, args[i + 1 :]
         if not arg.startswith("-") or arg == "-":
             return values, args[i:]
         name, eq, inline = arg.partition("=")

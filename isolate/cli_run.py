@@ -46,10 +46,21 @@ def execute_run(opts: dict[str, object], command: list[str]) -> int:
         share = [ns.strip() for item in many("share") for ns in item.split(",") if ns.strip()]
         wall = text("wall_time")
         sandbox = Sandbox(
-            text("rootfs"), layers=many("layer"), volumes=many("volume"), tmpfs=many("tmpfs"),
-            read_only=bool(opts.get("read_only")), hostname=text("hostname"), env=parse_env(many("env")),
-            workdir=text("workdir") or "/", user=text("user"), net=text("net") or "none", share=share,
-            mode=text("mode") or "pivot_root", keep=bool(opts.get("keep")), spawn="direct")
+            text("rootfs"),
+            layers=many("layer"),
+            volumes=many("volume"),
+            tmpfs=many("tmpfs"),
+            read_only=bool(opts.get("read_only")),
+            hostname=text("hostname"),
+            env=parse_env(many("env")),
+            workdir=text("workdir") or "/",
+            user=text("user"),
+            net=text("net") or "none",
+            share=share,
+            mode=text("mode") or "pivot_root",
+            keep=bool(opts.get("keep")),
+            spawn="direct",
+        )
         result = sandbox.run(command, timeout=parse_duration(wall) if wall else None, forward_signals=True)
     except IsolateError as exc:
         print(f"isolate: {exc}", file=sys.stderr)

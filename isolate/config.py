@@ -58,12 +58,23 @@ class Tmpfs:
 class SandboxConfig:
     """Everything a sandbox is made of.  See :class:`isolate.Sandbox` for the meaning of each field."""
 
-    def __init__(self, rootfs: str | None = None, layers: list[str] | None = None,
-                 volumes: list[Volume] | None = None, tmpfs: list[Tmpfs] | None = None,
-                 read_only: bool = False, hostname: str | None = None, env: dict[str, str] | None = None,
-                 workdir: str = "/", user: tuple[int, int] | None = None, net: str = "none",
-                 share: frozenset[str] = frozenset(), mode: str = "pivot_root", keep: bool = False,
-                 state_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        rootfs: str | None = None,
+        layers: list[str] | None = None,
+        volumes: list[Volume] | None = None,
+        tmpfs: list[Tmpfs] | None = None,
+        read_only: bool = False,
+        hostname: str | None = None,
+        env: dict[str, str] | None = None,
+        workdir: str = "/",
+        user: tuple[int, int] | None = None,
+        net: str = "none",
+        share: frozenset[str] = frozenset(),
+        mode: str = "pivot_root",
+        keep: bool = False,
+        state_dir: str | None = None,
+    ) -> None:
         self.rootfs = rootfs
         self.layers = layers or []
         self.volumes = volumes or []
@@ -104,11 +115,14 @@ class SandboxConfig:
             raise ConfigError(f"--net {self.net!r}: choose none or host")
         unknown = set(self.share) - set(NAMESPACES)
         if unknown:
-            raise ConfigError(f"--share {','.join(sorted(unknown))}: unknown namespace; "
-                              f"choose from {', '.join(NAMESPACES)}")
+            raise ConfigError(
+                f"--share {','.join(sorted(unknown))}: unknown namespace; choose from {', '.join(NAMESPACES)}"
+            )
         if "mount" in self.share:
-            raise ConfigError("--share mount: the sandbox needs its own mount namespace for its root; "
-                              "use --volume to share host paths")
+            raise ConfigError(
+                "--share mount: the sandbox needs its own mount namespace for its root; "
+                "use --volume to share host paths"
+            )
         if self.hostname is not None:
             if "uts" in self.share:
                 raise ConfigError("--hostname needs a UTS namespace of its own; drop --share uts")

@@ -50,33 +50,69 @@ def cgroup_layout() -> tuple[str, dict[str, str]]:
 
 
 def run_checks() -> list[Check]:
-    checks = [Check("root", os.geteuid() == 0, f"euid {os.geteuid()}",
-                    "run as root (sudo isolate ...); rootless runs need user namespaces")]
+    checks = [
+        Check(
+            "root",
+            os.geteuid() == 0,
+            f"euid {os.geteuid()}",
+            "run as root (sudo isolate ...); rootless runs need user namespaces",
+        )
+    ]
     release = os.uname().release
     major, minor = (int(x) for x in release.split(".")[:2])
-    checks.append(Check("kernel", (major, minor) >= (5, 3), release,
-                        "isolate needs Linux 5.3 or newer (pidfd_open)"))
+    checks.append(Check("kernel", (major, minor) >= (5, 3), release, "isolate needs Linux 5.3 or newer (pidfd_open)"))
     for ns in ("pid", "mnt", "uts", "ipc", "net"):
-        checks.append(Check(f"{ns} namespace", os.path.exists(f"/proc/self/ns/{ns}"), "available",
-                            f"enable CONFIG_{'MNT' if ns == 'mnt' else ns.upper()}_NS in the kernel"))
+        checks.append(
+            Check(
+                f"{ns} namespace",
+                os.path.exists(f"/proc/self/ns/{ns}"),
+                "available",
+                f"enable CONFIG_{'MNT' if ns == 'mnt' else ns.upper()}_NS in the kernel",
+            )
+        )
     with open("/proc/filesystems") as f:
         fs = f.read().split()
-    checks.append(Check("overlayfs", "overlay" in fs, "registered" if "overlay" in fs else "missing",
-                        "load the overlay module (modprobe overlay) or enable CONFIG_OVERLAY_FS"))
+    checks.append(
+        Check(
+            "overlayfs",
+            "overlay" in fs,
+            "registered" if "overlay" in fs else "missing",
+            "load the overlay module (modprobe overlay) or enable CONFIG_OVERLAY_FS",
+        )
+    )
     userns = _read("/proc/sys/user/max_user_namespaces")
-    checks.append(Check("user namespaces", userns not in ("", "0"), f"max_user_namespaces={userns or '?'}",
-                        "sysctl user.max_user_namespaces=15000 (needed for rootless runs only)", required=False))
+    checks.append(
+        Check(
+            "user namespaces",
+            userns not in ("", "0"),
+            f"max_user_namespaces={userns or '?'}",
+            "sysctl user.max_user_namespaces=15000 (needed for rootless runs only)",
+            required=False,
+        )
+    )
     layout, controllers = cgroup_layout()
     wanted = ["cpu", "memory", "pids", "cpuset"]
     missing = [c for c in wanted if c not in controllers]
     detail = f"{layout}; controllers: " + ", ".join(f"{c} ({controllers[c]})" for c in wanted if c in controllers)
-    checks.append(Check("cgroups", layout != "none" and not missing, detail,
-                        f"controllers not available: {', '.join(missing)}" if missing else "mount cgroup2 at "
-                        "/sys/fs/cgroup", required=False))
+    checks.append(
+        Check(
+            "cgroups",
+            layout != "none" and not missing,
+            detail,
+            f"controllers not available: {', '.join(missing)}" if missing else "mount cgroup2 at /sys/fs/cgroup",
+            required=False,
+        )
+    )
     busybox = next((p for p in ("/bin/busybox", "/usr/bin/busybox") if os.path.exists(p)), "")
-    checks.append(Check("busybox", bool(busybox), busybox or "not installed",
-                        "apt-get install busybox-static (for busybox roots; the host image needs nothing)",
-                        required=False))
+    checks.append(
+        Check(
+            "busybox",
+            bool(busybox),
+            busybox or "not installed",
+            "apt-get install busybox-static (for busybox roots; the host image needs nothing)",
+            required=False,
+        )
+    )
     if all(c.ok for c in checks if c.required):
         checks.append(_try_sandbox())
     return checks
@@ -92,8 +128,12 @@ def _try_sandbox() -> Check:
         took = (time.perf_counter() - start) * 1000
     except IsolateError as exc:
         return Check("sandbox", False, str(exc), "see the message; isolate doctor lists the other checks")
-    return Check("sandbox", result.ok, f"host image, pid 1 inside, {took:.1f} ms",
-                 (result.stderr or b"").decode(errors="replace").strip())
+    return Check(
+        "sandbox",
+        result.ok,
+        f"host image, pid 1 inside, {took:.1f} ms",
+        (result.stderr or b"").decode(errors="replace").strip(),
+    )
 
 
 def _read(path: str) -> str:

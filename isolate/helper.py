@@ -35,7 +35,10 @@ class Helper:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", f"from isolate.helper import serve; serve({theirs.fileno()})"],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
         except BaseException:
             ours.close()
             raise
@@ -129,6 +132,8 @@ def serve(fd: int) -> None:
                 for f in fds:
                     os.close(f)
             socket.send_fds(sock, [pickle.dumps(reply)], back)
+            for f in back:
+                os.close(f)
     finally:
         supervisor.kill_all()
 

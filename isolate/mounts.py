@@ -18,8 +18,13 @@ _KERNEL_FS = L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC
 
 # name, major, minor: the set runc and docker create (devices.txt in the kernel docs).
 DEVICES = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
-DEV_LINKS = [("/proc/self/fd", "/dev/fd"), ("/proc/self/fd/0", "/dev/stdin"),
-             ("/proc/self/fd/1", "/dev/stdout"), ("/proc/self/fd/2", "/dev/stderr"), ("pts/ptmx", "/dev/ptmx")]
+DEV_LINKS = [
+    ("/proc/self/fd", "/dev/fd"),
+    ("/proc/self/fd/0", "/dev/stdin"),
+    ("/proc/self/fd/1", "/dev/stdout"),
+    ("/proc/self/fd/2", "/dev/stderr"),
+    ("pts/ptmx", "/dev/ptmx"),
+]
 
 
 def proc_steps() -> list[Step]:
@@ -37,8 +42,9 @@ def dev_steps(own_ipc: bool) -> list[Step]:
     steps += [MakeDevice(f"/dev/{name}", major, minor) for name, major, minor in DEVICES]
     steps += [Symlink(target, path) for target, path in DEV_LINKS]
     # newinstance: a devpts of our own, so the host's terminals are not listed in /dev/pts.
-    steps.append(Mount("devpts", "/dev/pts", "devpts", L.MS_NOSUID | L.MS_NOEXEC,
-                       "newinstance,ptmxmode=0666,mode=0620,gid=5"))
+    steps.append(
+        Mount("devpts", "/dev/pts", "devpts", L.MS_NOSUID | L.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    )
     steps.append(Mount("shm", "/dev/shm", "tmpfs", _KERNEL_FS, "mode=1777,size=65536k"))
     if own_ipc:
         steps.append(Mount("mqueue", "/dev/mqueue", "mqueue", _KERNEL_FS))
@@ -49,9 +55,16 @@ def tmp_steps() -> list[Step]:
     return [Mount("tmpfs", "/tmp", "tmpfs", L.MS_NOSUID | L.MS_NODEV, "mode=1777")]
 
 
-_TMPFS_FLAGS = {"ro": (L.MS_RDONLY, 0), "rw": (0, L.MS_RDONLY), "nosuid": (L.MS_NOSUID, 0),
-                "suid": (0, L.MS_NOSUID), "nodev": (L.MS_NODEV, 0), "dev": (0, L.MS_NODEV),
-                "noexec": (L.MS_NOEXEC, 0), "exec": (0, L.MS_NOEXEC)}
+_TMPFS_FLAGS = {
+    "ro": (L.MS_RDONLY, 0),
+    "rw": (0, L.MS_RDONLY),
+    "nosuid": (L.MS_NOSUID, 0),
+    "suid": (0, L.MS_NOSUID),
+    "nodev": (L.MS_NODEV, 0),
+    "dev": (0, L.MS_NODEV),
+    "noexec": (L.MS_NOEXEC, 0),
+    "exec": (0, L.MS_NOEXEC),
+}
 
 
 def tmpfs_step(tmp: Tmpfs) -> Step:
@@ -65,8 +78,10 @@ def tmpfs_step(tmp: Tmpfs) -> Step:
         elif opt.startswith(("size=", "mode=", "nr_inodes=", "uid=", "gid=")):
             data = [d for d in data if d.split("=")[0] != opt.split("=")[0]] + [opt]
         else:
-            raise ConfigError(f"--tmpfs {tmp.target}:{tmp.options}: unknown option {opt!r} "
-                              "(use ro, rw, [no]exec, [no]suid, [no]dev, size=, mode=, uid=, gid=, nr_inodes=)")
+            raise ConfigError(
+                f"--tmpfs {tmp.target}:{tmp.options}: unknown option {opt!r} "
+                "(use ro, rw, [no]exec, [no]suid, [no]dev, size=, mode=, uid=, gid=, nr_inodes=)"
+            )
     return Mount("tmpfs", tmp.target, "tmpfs", flags, ",".join(data))
 
 

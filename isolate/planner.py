@@ -7,8 +7,19 @@ import os
 from . import _libc as L
 from . import mounts, overlay, rootfs
 from .config import DEFAULT_PATH, SandboxConfig
-from .spec import (Chdir, Chroot, LoopbackUp, MakeMountsPrivate, NoNewPrivs, PivotRoot, Plan,
-                   RemountRootReadOnly, SetHostname, SetUser, Step)
+from .spec import (
+    Chdir,
+    Chroot,
+    LoopbackUp,
+    MakeMountsPrivate,
+    NoNewPrivs,
+    PivotRoot,
+    Plan,
+    RemountRootReadOnly,
+    SetHostname,
+    SetUser,
+    Step,
+)
 
 _NS_FLAGS = {"pid": L.CLONE_NEWPID, "net": L.CLONE_NEWNET, "uts": L.CLONE_NEWUTS, "ipc": L.CLONE_NEWIPC}
 
@@ -23,8 +34,11 @@ def clone_flags(config: SandboxConfig) -> int:
 
 def default_env(config: SandboxConfig, hostname: str) -> dict[str, str]:
     """docker's: PATH, HOSTNAME, HOME and TERM when the host has one; --env wins."""
-    env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname,
-           "HOME": "/root" if config.user is None or config.user[0] == 0 else "/"}
+    env = {
+        "PATH": DEFAULT_PATH,
+        "HOSTNAME": hostname,
+        "HOME": "/root" if config.user is None or config.user[0] == 0 else "/",
+    }
     if "TERM" in os.environ:
         env["TERM"] = os.environ["TERM"]
     env.update(config.env)
@@ -73,8 +87,16 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
     steps.append(NoNewPrivs())
     if config.user is not None:
         steps.append(SetUser(config.user[0], config.user[1], []))
-    return Plan(sandbox_id=sandbox_id, clone_flags=flags, stage_dir=stage, root=root, steps=steps,
-                argv=list(argv), env=default_env(config, hostname or os.uname().nodename),
-                new_pid_ns=bool(flags & L.CLONE_NEWPID), keep_dirs=keep_dirs,
-                work_dir_to_remove=work if config.keep else None,
-                upper_dir=upper if config.keep else None)
+    return Plan(
+        sandbox_id=sandbox_id,
+        clone_flags=flags,
+        stage_dir=stage,
+        root=root,
+        steps=steps,
+        argv=list(argv),
+        env=default_env(config, hostname or os.uname().nodename),
+        new_pid_ns=bool(flags & L.CLONE_NEWPID),
+        keep_dirs=keep_dirs,
+        work_dir_to_remove=work if config.keep else None,
+        upper_dir=upper if config.keep else None,
+    )

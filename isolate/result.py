@@ -19,13 +19,33 @@ class RunResult:
     Resource accounting fields stay ``None`` where the run had no cgroup to read them from.
     """
 
-    _FIELDS = ("status", "exit_code", "signal", "wall_time", "user_time", "system_time", "sandbox_id",
-               "error", "upper_dir")
+    _FIELDS = (
+        "status",
+        "exit_code",
+        "signal",
+        "wall_time",
+        "user_time",
+        "system_time",
+        "sandbox_id",
+        "error",
+        "upper_dir",
+    )
 
-    def __init__(self, status: str, exit_code: int, signal: int | None = None, wall_time: float = 0.0,
-                 user_time: float = 0.0, system_time: float = 0.0, sandbox_id: str = "",
-                 error: str | None = None, upper_dir: str | None = None, stdout: bytes | None = None,
-                 stderr: bytes | None = None, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        status: str,
+        exit_code: int,
+        signal: int | None = None,
+        wall_time: float = 0.0,
+        user_time: float = 0.0,
+        system_time: float = 0.0,
+        sandbox_id: str = "",
+        error: str | None = None,
+        upper_dir: str | None = None,
+        stdout: bytes | None = None,
+        stderr: bytes | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         self.status = status
         self.exit_code = exit_code
         self.signal = signal

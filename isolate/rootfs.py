@@ -16,12 +16,53 @@ from .spec import MakeDir, Mount, Step, Symlink
 
 HOST_DIRS = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"]
 # What programs read from /etc to start and resolve names; not shadow, not ssh keys.
-HOST_ETC = ["passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "host.conf", "ld.so.cache",
-            "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "timezone", "os-release",
-            "debian_version", "profile", "shells", "ssl", "ca-certificates", "mime.types", "protocols",
-            "services", "inputrc", "bash.bashrc", "environment", "locale.alias", "python3", "python3.11"]
-SKELETON = ["proc", "sys", "dev", "tmp", "run", "etc", "root", "home", "mnt", "opt", "srv", "media",
-            "var", "var/tmp", "var/log", "var/cache"]
+HOST_ETC = [
+    "passwd",
+    "group",
+    "hosts",
+    "resolv.conf",
+    "nsswitch.conf",
+    "host.conf",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "localtime",
+    "timezone",
+    "os-release",
+    "debian_version",
+    "profile",
+    "shells",
+    "ssl",
+    "ca-certificates",
+    "mime.types",
+    "protocols",
+    "services",
+    "inputrc",
+    "bash.bashrc",
+    "environment",
+    "locale.alias",
+    "python3",
+    "python3.11",
+]
+SKELETON = [
+    "proc",
+    "sys",
+    "dev",
+    "tmp",
+    "run",
+    "etc",
+    "root",
+    "home",
+    "mnt",
+    "opt",
+    "srv",
+    "media",
+    "var",
+    "var/tmp",
+    "var/log",
+    "var/cache",
+]
 
 
 def host_skeleton_steps(skel: str) -> list[Step]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import _signal as signal  # not "signal": it imports enum, slow at start-up
+import os
 import time
 
 from . import spawn
@@ -23,8 +23,16 @@ if TYPE_CHECKING:
         def start(self, plan: Plan, stdio: tuple[int, int, int]) -> tuple[int, int]: ...
         def finish(self, pid: int) -> tuple[int, float, float]: ...
 
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-                     signal.SIGUSR2, signal.SIGWINCH)
+
+FORWARDED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
 # Above this resident size, clone() from the caller costs more than a round trip to the
 # spawn helper (page tables are copied: ../shared/NOTES.md).
 HELPER_THRESHOLD = 32 << 20
@@ -59,14 +67,25 @@ class Sandbox:
             pre-started process clones, so the cost does not grow with this process's memory).
     """
 
-    def __init__(self, rootfs: str | os.PathLike[str] | None = None, *,
-                 layers: Sequence[str | os.PathLike[str]] = (),
-                 volumes: Iterable[str | Volume] = (), tmpfs: Iterable[str | Tmpfs] = (),
-                 read_only: bool = False, hostname: str | None = None,
-                 env: Mapping[str, str] | None = None, workdir: str = "/",
-                 user: int | tuple[int, int] | str | None = None, net: str = "none",
-                 share: Iterable[str] = (), mode: str = "pivot_root", keep: bool = False,
-                 state_dir: str | None = None, spawn: str = "auto") -> None:
+    def __init__(
+        self,
+        rootfs: str | os.PathLike[str] | None = None,
+        *,
+        layers: Sequence[str | os.PathLike[str]] = (),
+        volumes: Iterable[str | Volume] = (),
+        tmpfs: Iterable[str | Tmpfs] = (),
+        read_only: bool = False,
+        hostname: str | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str = "/",
+        user: int | tuple[int, int] | str | None = None,
+        net: str = "none",
+        share: Iterable[str] = (),
+        mode: str = "pivot_root",
+        keep: bool = False,
+        state_dir: str | None = None,
+        spawn: str = "auto",
+    ) -> None:
         if isinstance(user, str):
             user = parse_user(user)
         elif isinstance(user, int):
@@ -76,8 +95,16 @@ class Sandbox:
             layers=[os.fspath(p) for p in layers],
             volumes=[v if isinstance(v, Volume) else Volume.parse(v) for v in volumes],
             tmpfs=[t if isinstance(t, Tmpfs) else Tmpfs.parse(t) for t in tmpfs],
-            read_only=read_only, hostname=hostname, env=dict(env or {}), workdir=workdir, user=user,
-            net=net, share=frozenset(share), mode=mode, keep=keep)
+            read_only=read_only,
+            hostname=hostname,
+            env=dict(env or {}),
+            workdir=workdir,
+            user=user,
+            net=net,
+            share=frozenset(share),
+            mode=mode,
+            keep=keep,
+        )
         if state_dir is not None:
             self.config.state_dir = state_dir
         if spawn not in ("auto", "direct", "helper"):
@@ -89,10 +116,18 @@ class Sandbox:
         """The steps a run of ``argv`` would take, without running anything."""
         return build_plan(self.config.copy(), sandbox_id or new_id(), list(argv))
 
-    def run(self, argv: Sequence[str], *, capture: bool = False, input: bytes | None = None,
-            stdin: int | IO[Any] | None = None, stdout: int | IO[Any] | None = None,
-            stderr: int | IO[Any] | None = None, timeout: float | None = None,
-            forward_signals: bool = False) -> RunResult:
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        capture: bool = False,
+        input: bytes | None = None,
+        stdin: int | IO[Any] | None = None,
+        stdout: int | IO[Any] | None = None,
+        stderr: int | IO[Any] | None = None,
+        timeout: float | None = None,
+        forward_signals: bool = False,
+    ) -> RunResult:
         """Run ``argv`` in a fresh sandbox and wait for it.
 
         ``capture`` collects stdout and stderr into the result; ``input`` is fed to stdin;
@@ -115,6 +150,7 @@ class Sandbox:
         use_helper = self.spawn == "helper" or (self.spawn == "auto" and _rss() > HELPER_THRESHOLD)
         if not use_helper:
             from .supervisor import Supervisor
+
             return Supervisor(), None
         global _pool
         if _pool is None:
@@ -146,16 +182,22 @@ class _Run:
         self.pid = 0
         self.emulated: int | None = None
 
-    def run(self, capture: bool, input: bytes | None, stdin: int | IO[Any] | None,
-            stdout: int | IO[Any] | None, stderr: int | IO[Any] | None, timeout: float | None,
-            forward_signals: bool) -> RunResult:
-        child_fds: list[int] = []   # our copies of the child's ends, closed once it started
+    def run(
+        self,
+        capture: bool,
+        input: bytes | None,
+        stdin: int | IO[Any] | None,
+        stdout: int | IO[Any] | None,
+        stderr: int | IO[Any] | None,
+        timeout: float | None,
+        forward_signals: bool,
+    ) -> RunResult:
+        child_fds: list[int] = []  # our copies of the child's ends, closed once it started
         parent_fds: dict[int, str] = {}
         healthy = True
         try:
             stdio = []
-            for n, (value, want_pipe) in enumerate(((stdin, input is not None), (stdout, capture),
-                                                    (stderr, capture))):
+            for n, (value, want_pipe) in enumerate(((stdin, input is not None), (stdout, capture), (stderr, capture))):
                 if want_pipe:
                     r, w = os.pipe2(os.O_CLOEXEC)
                     ours, theirs = (w, r) if n == 0 else (r, w)
@@ -192,6 +234,8 @@ class _Run:
             healthy = False
             raise
         finally:
+            if self.pidfd >= 0:
+                os.close(self.pidfd)
             for fd in child_fds + list(parent_fds):
                 try:
                     os.close(fd)
@@ -202,13 +246,22 @@ class _Run:
         state, code, sig = status_from_wait(status, timed_out)
         if sig == signal.SIGKILL and self.emulated:
             sig, code = self.emulated, 128 + self.emulated
-        return RunResult(status=state, exit_code=code, signal=sig, wall_time=wall, user_time=utime,
-                         system_time=stime, sandbox_id=self.plan.sandbox_id, upper_dir=self.plan.upper_dir,
-                         stdout=out.get("stdout") if capture else None,
-                         stderr=out.get("stderr") if capture else None)
+        return RunResult(
+            status=state,
+            exit_code=code,
+            signal=sig,
+            wall_time=wall,
+            user_time=utime,
+            system_time=stime,
+            sandbox_id=self.plan.sandbox_id,
+            upper_dir=self.plan.upper_dir,
+            stdout=out.get("stdout") if capture else None,
+            stderr=out.get("stderr") if capture else None,
+        )
 
-    def _wait(self, pipes: dict[int, str], input: bytes | None, timeout: float | None,
-              forward_signals: bool) -> tuple[dict[str, bytes], bool]:
+    def _wait(
+        self, pipes: dict[int, str], input: bytes | None, timeout: float | None, forward_signals: bool
+    ) -> tuple[dict[str, bytes], bool]:
         """Pump the pipes until the command exited and its output is drained."""
         import selectors
 
@@ -247,7 +300,7 @@ class _Run:
                         alive = False
                     elif name == "stdin":
                         try:
-                            pending = pending[os.write(fd, pending[:65536]):]
+                            pending = pending[os.write(fd, pending[:65536]) :]
                         except BrokenPipeError:
                             pending = pending[:0]
                         if not pending:

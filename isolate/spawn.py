@@ -7,10 +7,10 @@ setup failure back to the parent: end-of-file without data means the exec succee
 
 from __future__ import annotations
 
+import _signal as signal  # not "signal": it imports enum, slow at start-up
 import errno
 import os
 import select
-import _signal as signal  # not "signal": it imports enum, slow at start-up
 
 from . import _libc
 from .errors import CommandNotExecutableError, CommandNotFoundError, SetupError
@@ -18,8 +18,18 @@ from .spec import Plan
 
 # Signals whose default action ends a process.  The kernel drops them for a pid
 # namespace's init unless it has a handler (pid_namespaces(7)).
-_TERMINATING = {signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
-                signal.SIGUSR2, signal.SIGALRM, signal.SIGPIPE}
+_TERMINATING = {
+    signal.SIGHUP,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTERM,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+    signal.SIGPIPE,
+}
+# What a terminal sends to the whole foreground process group rather than one process.
+_TO_GROUP = {signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGWINCH}
 
 
 def prepare(plan: Plan) -> None:
@@ -72,12 +82,15 @@ def reap(pid: int) -> tuple[int, float, float]:
 
 
 def deliver(pidfd: int, pid: int, sig: int, ns_init: bool) -> bool:
-    """Send ``sig`` to the sandbox's first process; True if it was ended in the signal's stead.
+    """Relay ``sig`` into the sandbox; True if its first process was ended in the signal's stead.
 
     A pid namespace's init ignores every signal it has no handler for, even from the host.
     A user's Ctrl-C or SIGTERM should still end a command that would die of it outside a
     sandbox, so when the command neither catches nor ignores a terminating signal, isolate
-    carries out the default action itself with SIGKILL.
+    carries out the default action itself with SIGKILL.  Terminal signals (Ctrl-C, Ctrl-\\,
+    hangup, resize) go to the sandbox's process group, as a terminal sends them: a shell
+    waiting for its child then sees the child die first, exactly as outside.  The group id
+    is the first process's pid, which cannot be reused while that process is unreaped.
     """
     if ns_init and sig in _TERMINATING:
         caught, ignored = _signal_masks(pid)
@@ -85,6 +98,12 @@ def deliver(pidfd: int, pid: int, sig: int, ns_init: bool) -> bool:
         if not (caught | ignored) & bit:
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             return True
+    if sig in _TO_GROUP:
+        try:
+            os.killpg(pid, sig)
+            return False
+        except ProcessLookupError:
+            pass
     signal.pidfd_send_signal(pidfd, sig)
     return False
 
@@ -128,7 +147,7 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int) -> Non
         _exec(plan, errw)
     except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
         if step is not None:
-            what = f"{step.what} ({step.shell(plan.root)})"
+            what = step.shell(plan.root)
         _report(errw, what, exc)
     finally:
         os._exit(125)

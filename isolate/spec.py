@@ -11,15 +11,20 @@ from __future__ import annotations
 import errno
 import os
 import stat
+
+from . import _libc
+
 TYPE_CHECKING = False  # typing and shlex cost milliseconds to import; shell() is rarely run
 if TYPE_CHECKING:
     from typing import Any
 
-from . import _libc
-
 _MS_NAMES = [
-    (_libc.MS_RDONLY, "ro"), (_libc.MS_NOSUID, "nosuid"), (_libc.MS_NODEV, "nodev"),
-    (_libc.MS_NOEXEC, "noexec"), (_libc.MS_NOATIME, "noatime"), (_libc.MS_STRICTATIME, "strictatime"),
+    (_libc.MS_RDONLY, "ro"),
+    (_libc.MS_NOSUID, "nosuid"),
+    (_libc.MS_NODEV, "nodev"),
+    (_libc.MS_NOEXEC, "noexec"),
+    (_libc.MS_NOATIME, "noatime"),
+    (_libc.MS_STRICTATIME, "strictatime"),
 ]
 # statvfs(3) f_flag bits that have the same value as the MS_* flag of the same name.
 _KEEP_ON_REMOUNT = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC | _libc.MS_NOATIME | 2048
@@ -103,6 +108,7 @@ class Step:
 
 class MakeMountsPrivate(Step):
     """Stop mount events from propagating back to the host (mount_namespaces(7))."""
+
     __slots__ = ()
 
     what = "making mounts private"
@@ -116,10 +122,12 @@ class MakeMountsPrivate(Step):
 
 class Mount(Step):
     """mount(2) of a filesystem or a bind.  ``target`` is inside the root unless ``host_target``."""
-    __slots__ = ('source', 'target', 'fstype', 'flags', 'data', 'host_target', 'create')
+
+    __slots__ = ("source", "target", "fstype", "flags", "data", "host_target", "create")
 
     def __init__(
-        self, source: str,
+        self,
+        source: str,
         target: str,
         fstype: str | None,
         flags: int = 0,
@@ -169,7 +177,7 @@ class Mount(Step):
 
 
 class MakeDir(Step):
-    __slots__ = ('path', 'mode', 'host_path')
+    __slots__ = ("path", "mode", "host_path")
 
     def __init__(self, path: str, mode: int = 0o755, host_path: bool = False) -> None:
         self.path = path
@@ -189,7 +197,7 @@ class MakeDir(Step):
 
 
 class Symlink(Step):
-    __slots__ = ('target', 'path', 'host_path')
+    __slots__ = ("target", "path", "host_path")
 
     def __init__(self, target: str, path: str, host_path: bool = False) -> None:
         self.target = target
@@ -218,7 +226,8 @@ class Symlink(Step):
 
 class MakeDevice(Step):
     """A character device node; /dev is a fresh tmpfs, so only what is listed exists."""
-    __slots__ = ('path', 'major', 'minor', 'mode')
+
+    __slots__ = ("path", "major", "minor", "mode")
 
     def __init__(self, path: str, major: int, minor: int, mode: int = 0o666) -> None:
         self.path = path
@@ -240,6 +249,7 @@ class MakeDevice(Step):
 
 class PivotRoot(Step):
     """Make the new root the process's / and detach the old one (pivot_root(2), "pivot_root(".", ".")")."""
+
     __slots__ = ()
 
     what = "pivot_root"
@@ -257,6 +267,7 @@ class PivotRoot(Step):
 
 class Chroot(Step):
     """chroot(2) only: the host's mounts stay in this namespace and the root can be escaped."""
+
     __slots__ = ()
 
     what = "chroot"
@@ -282,7 +293,7 @@ class RemountRootReadOnly(Step):
 
 
 class SetHostname(Step):
-    __slots__ = ('name',)
+    __slots__ = ("name",)
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -298,6 +309,7 @@ class SetHostname(Step):
 
 class LoopbackUp(Step):
     """Bring ``lo`` up in the new network namespace with SIOCSIFFLAGS, as ``ip link`` would."""
+
     __slots__ = ()
 
     what = "bringing up the loopback interface"
@@ -318,7 +330,7 @@ class LoopbackUp(Step):
 
 
 class Chdir(Step):
-    __slots__ = ('path', 'create')
+    __slots__ = ("path", "create")
 
     def __init__(self, path: str, create: bool = True) -> None:
         self.path = path
@@ -337,6 +349,7 @@ class Chdir(Step):
 
 class NoNewPrivs(Step):
     """PR_SET_NO_NEW_PRIVS: execve can no longer grant privileges (setuid bits, file caps)."""
+
     __slots__ = ()
 
     what = "setting no_new_privs"
@@ -349,7 +362,7 @@ class NoNewPrivs(Step):
 
 
 class SetUser(Step):
-    __slots__ = ('uid', 'gid', 'groups')
+    __slots__ = ("uid", "gid", "groups")
 
     def __init__(self, uid: int, gid: int, groups: list[int] | None = None) -> None:
         self.uid = uid
@@ -365,16 +378,33 @@ class SetUser(Step):
 
     def shell(self, root: str) -> str:
         groups = ",".join(map(str, self.groups)) or "-"
-        return f"setpriv --reuid {self.uid} --regid {self.gid} --groups {groups}" if self.groups else (
-            f"setpriv --reuid {self.uid} --regid {self.gid} --clear-groups")
+        return (
+            f"setpriv --reuid {self.uid} --regid {self.gid} --groups {groups}"
+            if self.groups
+            else (f"setpriv --reuid {self.uid} --regid {self.gid} --clear-groups")
+        )
 
 
 class Plan:
     """Everything needed to start one sandbox: namespaces to create, steps, and the command."""
-    __slots__ = ('sandbox_id', 'clone_flags', 'stage_dir', 'root', 'steps', 'argv', 'env', 'new_pid_ns', 'keep_dirs', 'work_dir_to_remove', 'upper_dir')
+
+    __slots__ = (
+        "sandbox_id",
+        "clone_flags",
+        "stage_dir",
+        "root",
+        "steps",
+        "argv",
+        "env",
+        "new_pid_ns",
+        "keep_dirs",
+        "work_dir_to_remove",
+        "upper_dir",
+    )
 
     def __init__(
-        self, sandbox_id: str,
+        self,
+        sandbox_id: str,
         clone_flags: int,
         stage_dir: str,
         root: str,
@@ -398,13 +428,20 @@ class Plan:
         self.work_dir_to_remove = work_dir_to_remove
         self.upper_dir = upper_dir
 
-
     def shell(self) -> list[str]:
         """The steps as shell commands, in order, for ``--explain``."""
-        flags = [(f, n) for f, n in [
-            (_libc.CLONE_NEWPID, "--pid --fork"), (_libc.CLONE_NEWNS, "--mount"),
-            (_libc.CLONE_NEWUTS, "--uts"), (_libc.CLONE_NEWIPC, "--ipc"), (_libc.CLONE_NEWNET, "--net"),
-            (_libc.CLONE_NEWCGROUP, "--cgroup")] if self.clone_flags & f]
+        flags = [
+            (f, n)
+            for f, n in [
+                (_libc.CLONE_NEWPID, "--pid --fork"),
+                (_libc.CLONE_NEWNS, "--mount"),
+                (_libc.CLONE_NEWUTS, "--uts"),
+                (_libc.CLONE_NEWIPC, "--ipc"),
+                (_libc.CLONE_NEWNET, "--net"),
+                (_libc.CLONE_NEWCGROUP, "--cgroup"),
+            ]
+            if self.clone_flags & f
+        ]
         lines = ["unshare " + " ".join(n for _, n in flags)]
         lines += [s.shell(self.root) for s in self.steps]
         lines.append("exec " + " ".join(_q(a) for a in self.argv))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import _signal as signal  # not "signal": it imports enum, slow at start-up
+import os
 
 from . import spawn
 from .spec import Plan
@@ -16,7 +16,11 @@ class Supervisor:
         self._running: dict[int, tuple[Plan, int]] = {}
 
     def start(self, plan: Plan, stdio: tuple[int, int, int]) -> tuple[int, int]:
-        """(pid, pidfd) of the sandbox's first process; on failure nothing is left behind."""
+        """(pid, pidfd) of the sandbox's first process; on failure nothing is left behind.
+
+        The returned pidfd is the caller's to close (the helper sends its copy over a socket,
+        so ownership is the same in both modes); the supervisor keeps one of its own.
+        """
         spawn.prepare(plan)
         try:
             pid = spawn.launch(plan, stdio)
@@ -25,7 +29,7 @@ class Supervisor:
             raise
         pidfd = os.pidfd_open(pid)
         self._running[pid] = (plan, pidfd)
-        return pid, pidfd
+        return pid, os.dup(pidfd)
 
     def finish(self, pid: int) -> tuple[int, float, float]:
         """Block until the sandbox ended; (wait status, user s, system s).  Cleans up after it."""

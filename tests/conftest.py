@@ -1,0 +1,129 @@
+"""Shared fixtures.  Every test runs as root on the real kernel and is checked for leaks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from isolate.config import DEFAULT_STATE_DIR
+
+ISOLATE_BIN = os.path.join(os.path.dirname(sys.executable), "isolate")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.geteuid() != 0:
+        pytest.exit("isolate's tests create real namespaces and mounts: run them as root", returncode=2)
+
+
+def host_mounts() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [" ".join(line.split()[3:5]) for line in f]
+
+
+def open_fds() -> set[int]:
+    listed = {int(fd) for fd in os.listdir("/proc/self/fd")}
+    alive = set()
+    for fd in listed:  # one of them was listdir's own, closed by now
+        try:
+            os.fstat(fd)
+            alive.add(fd)
+        except OSError:
+            pass
+    return alive
+
+
+def helper_sockets() -> set[int]:
+    """The sockets of idle spawn helpers: kept open on purpose for the next run."""
+    from isolate import helper
+
+    pool = helper._the_pool
+    return {h.sock.fileno() for h in pool._idle} if pool is not None else set()
+
+
+def state_entries(state_dir: str = DEFAULT_STATE_DIR) -> set[str]:
+    found: set[str] = set()
+    if os.path.isdir(state_dir):
+        for dirpath, dirnames, filenames in os.walk(state_dir):
+            for name in dirnames + filenames:
+                found.add(os.path.join(dirpath, name))
+    return found
+
+
+def processes_matching(marker: str) -> list[int]:
+    """Pids whose command line contains ``marker`` (tests tag their commands with a unique word)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    pids.append(int(entry))
+        except OSError:
+            pass
+    return pids
+
+
+def sandbox_children() -> list[int]:
+    """Children of this test process other than isolate's idle spawn helpers."""
+    me = str(os.getpid())
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = f.read().rsplit(")", 1)[1].split()[1]
+            if ppid != me:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"isolate.helper" in f.read():
+                    continue
+            pids.append(int(entry))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """After every test: no new host mount, open descriptor, state entry or child process."""
+    mounts, fds, state = host_mounts(), open_fds(), state_entries()
+    yield
+    assert host_mounts() == mounts, "a mount leaked onto the host"
+    assert state_entries() - state == set(), "isolate left files in its state directory"
+    leaked = open_fds() - fds - helper_sockets()
+    assert not leaked, f"descriptors leaked: {[os.readlink(f'/proc/self/fd/{fd}') for fd in leaked]}"
+    assert sandbox_children() == [], "a sandbox process outlived its run"
+
+
+@pytest.fixture(scope="session")
+def busybox_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A busybox root filesystem built with isolate's own builder (needs busybox-static)."""
+    from isolate.rootfs import build_busybox_rootfs
+
+    dest = tmp_path_factory.mktemp("busybox") / "root"
+    build_busybox_rootfs(str(dest))
+    return dest
+
+
+@pytest.fixture()
+def marker() -> str:
+    """A word unique to this test, to find its processes on the host."""
+    return "isolate-test-" + os.urandom(4).hex()
+
+
+def cli(*args: str, input: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([ISOLATE_BIN, *args], input=input, capture_output=True, timeout=timeout)
+
+
+def require(binary: str) -> str:
+    path = shutil.which(binary)
+    assert path, f"{binary} is needed by this test; .ci/run installs it"
+    return path

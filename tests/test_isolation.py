@@ -1,0 +1,125 @@
+"""What a command sees inside a sandbox, checked from inside and from the host."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from isolate import Sandbox
+
+
+def sh(sandbox: Sandbox, script: str, **kw: object) -> tuple[int, str, str]:
+    result = sandbox.run(["/bin/sh", "-c", script], capture=True, **kw)  # type: ignore[arg-type]
+    return result.exit_code, (result.stdout or b"").decode(), (result.stderr or b"").decode()
+
+
+@pytest.mark.parametrize("image", ["host", "busybox"])
+def test_command_is_pid_1(image: str, busybox_root: Path) -> None:
+    sandbox = Sandbox(busybox_root if image == "busybox" else None)
+    assert sh(sandbox, "echo $$")[:2] == (0, "1\n")
+
+
+def test_ps_sees_only_the_sandbox(busybox_root: Path) -> None:
+    code, out, _ = sh(Sandbox(busybox_root), "sleep 5 & ps -o pid,args; kill $!")
+    rows = [line.split(None, 1) for line in out.strip().splitlines()[1:]]
+    assert code == 0
+    assert [pid for pid, _ in rows] == ["1", "2", "3"]
+    assert rows[0][1].startswith("/bin/sh -c") and rows[1][1].endswith("sleep 5") and "ps -o" in rows[2][1]
+
+
+def test_proc_lists_only_sandbox_pids(busybox_root: Path) -> None:
+    _, out, _ = sh(Sandbox(busybox_root), "ls /proc | grep -E '^[0-9]+$'")
+    assert set(out.split()) <= {"1", "2", "3", "4"}
+
+
+def test_hostname_is_private(busybox_root: Path) -> None:
+    before = socket.gethostname()
+    code, out, _ = sh(Sandbox(busybox_root, hostname="box"), "hostname; hostname changed; hostname")
+    assert (code, out) == (0, "box\nchanged\n")
+    assert socket.gethostname() == before
+
+
+def test_default_hostname_is_the_sandbox_id(busybox_root: Path) -> None:
+    result = Sandbox(busybox_root).run(["hostname"], capture=True)
+    assert result.stdout == f"{result.sandbox_id}\n".encode()
+
+
+def test_network_is_loopback_only() -> None:
+    code, out, _ = sh(Sandbox(), "ls /sys/class/net; ip -o link")
+    lines = out.split("\n")
+    assert code == 0
+    assert lines[0] == "lo"
+    links = [line for line in out.splitlines() if ": " in line]
+    assert len(links) == 1 and links[0].split(": ")[1] == "lo" and "UP" in links[0]
+
+
+def test_loopback_works(busybox_root: Path) -> None:
+    code, out, _ = sh(Sandbox(busybox_root), "ping -c 1 -W 2 127.0.0.1 >/dev/null && echo reached")
+    assert (code, out) == (0, "reached\n")
+
+
+def test_net_host_keeps_host_interfaces() -> None:
+    _, out, _ = sh(Sandbox(net="host"), "ls /sys/class/net")
+    assert sorted(out.split()) == sorted(os.listdir("/sys/class/net"))
+
+
+def test_share_pid_keeps_host_pid_namespace(busybox_root: Path) -> None:
+    code, out, _ = sh(Sandbox(busybox_root, share=["pid"]), "echo $$")
+    assert code == 0 and out.strip() != "1"
+
+
+def test_ipc_namespace_is_private(busybox_root: Path) -> None:
+    inside = os.readlink("/proc/self/ns/ipc")
+    _, out, _ = sh(Sandbox(busybox_root), "readlink /proc/self/ns/ipc")
+    assert out.strip() != inside
+
+
+def test_dev_is_minimal(busybox_root: Path) -> None:
+    _, out, _ = sh(Sandbox(busybox_root), "ls -A /dev")
+    assert sorted(out.split()) == sorted(
+        [
+            "fd",
+            "full",
+            "mqueue",
+            "null",
+            "ptmx",
+            "pts",
+            "random",
+            "shm",
+            "stderr",
+            "stdin",
+            "stdout",
+            "tty",
+            "urandom",
+            "zero",
+        ]
+    )
+    code, out, _ = sh(Sandbox(busybox_root), "head -c 4 /dev/zero | od -An -tx1; echo x > /dev/null && echo ok")
+    assert (code, out.split()) == (0, ["00", "00", "00", "00", "ok"])
+
+
+def test_sys_is_read_only(busybox_root: Path) -> None:
+    # mkdir in sysfs fails with EPERM when writable and EROFS when the mount is read-only;
+    # either way nothing on the host changes.
+    code, _, err = sh(Sandbox(busybox_root), "mkdir /sys/isolate-probe")
+    assert code != 0 and "Read-only file system" in err
+
+
+def test_tmp_is_a_fresh_tmpfs(busybox_root: Path) -> None:
+    _, out, _ = sh(Sandbox(busybox_root), "grep ' /tmp ' /proc/mounts; ls -A /tmp | wc -l")
+    assert out.split()[2] == "tmpfs" and out.split()[-1] == "0"
+
+
+def test_host_image_has_host_programs_read_only() -> None:
+    code, out, err = sh(Sandbox(), "python3 -c 'print(6*7)'; touch /usr/isolate-probe")
+    assert code != 0 and out == "42\n" and "Read-only file system" in err
+    assert not os.path.exists("/usr/isolate-probe")
+
+
+def test_host_image_hides_host_secrets() -> None:
+    code, out, _ = sh(Sandbox(), "ls /etc/shadow /root /home /work 2>&1; true")
+    assert "/etc/shadow" in out and "No such file" in out
+    assert not any(line.startswith("/work") and "No such" not in line for line in out.splitlines())
