@@ -55,7 +55,7 @@ def test_resolve_in_root_never_leaves_root(tmp_path: Path) -> None:
     r = str(root)
     assert resolve_in_root(r, "/abs/passwd", create="file") == f"{r}/etc/passwd"
     assert resolve_in_root(r, "/up/etc") == f"{r}/etc"
-    assert resolve_in_root(r, "/../../x") == f"{r}/x"
+    assert resolve_in_root(r, "/../../x", create="dir") == f"{r}/x"
     assert resolve_in_root(r, "/rel/new/leaf", create="file") == f"{r}/real/new/leaf"
     assert (root / "real" / "new" / "leaf").is_file()
     os.symlink("loop", root / "loop")
