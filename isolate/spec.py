@@ -315,15 +315,7 @@ class LoopbackUp(Step):
     what = "bringing up the loopback interface"
 
     def apply(self, root: str) -> None:
-        import fcntl
-        import socket
-        import struct
-
-        siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            ifreq = struct.pack("16sH22x", b"lo", 0)
-            flags = struct.unpack("16sH22x", fcntl.ioctl(sock, siocgifflags, ifreq))[1]
-            fcntl.ioctl(sock, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
+        _libc.set_interface_up("lo")
 
     def shell(self, root: str) -> str:
         return "ip link set lo up"
