@@ -161,18 +161,29 @@ def _setup_stdio(stdio: tuple[int, int, int]) -> None:
 
 
 def _exec(plan: Plan, errw: int) -> None:
+    # No os.execvpe: it imports warnings, and after pivot_root nothing can be imported (the
+    # host's Python is not in the sandbox).  The child imports nothing from here on.
     argv = plan.argv
-    try:
-        os.execvpe(argv[0], argv, plan.env)
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            kind = "notfound"
-            msg = f"{argv[0]}: command not found in the sandbox (PATH={plan.env.get('PATH', '')})"
-        else:
-            kind = "noexec"
-            msg = f"{argv[0]}: cannot execute: {os.strerror(exc.errno or 0)}"
-        os.write(errw, f"{kind}\0exec\0{exc.errno or 0}\0{msg}".encode())
-        os._exit(127 if kind == "notfound" else 126)
+    candidates = [argv[0]] if "/" in argv[0] else [f"{d or '.'}/{argv[0]}" for d in plan.env.get("PATH", "").split(":")]
+    first_error: OSError | None = None
+    last_error: OSError = FileNotFoundError(errno.ENOENT, "not found")
+    for path in candidates:
+        try:
+            os.execve(path, argv, plan.env)
+        except OSError as exc:
+            last_error = exc
+            # As execvp(3): keep searching past ENOENT/ENOTDIR, report the first other error.
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR) and first_error is None:
+                first_error = exc
+    failure = first_error or last_error
+    if failure.errno in (errno.ENOENT, errno.ENOTDIR):
+        kind = "notfound"
+        msg = f"{argv[0]}: command not found in the sandbox (PATH={plan.env.get('PATH', '')})"
+    else:
+        kind = "noexec"
+        msg = f"{argv[0]}: cannot execute: {os.strerror(failure.errno or 0)}"
+    os.write(errw, f"{kind}\0exec\0{failure.errno or 0}\0{msg}".encode())
+    os._exit(127 if kind == "notfound" else 126)
 
 
 def _report(errw: int, what: str, exc: BaseException) -> None:
@@ -180,10 +191,12 @@ def _report(errw: int, what: str, exc: BaseException) -> None:
         if isinstance(exc, OSError):
             msg = f"{what} failed: {os.strerror(exc.errno) if exc.errno else exc}"
             code = exc.errno or 0
-        else:
-            import traceback
-
-            msg = f"{what} failed: {exc!r}\n{traceback.format_exc()}"
+        else:  # a bug in isolate: say where, without importing traceback (see _exec)
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            where = f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else ""
+            msg = f"{what} failed: {exc!r}{where}"
             code = 0
         os.write(errw, f"setup\0{what}\0{code}\0{msg}".encode())
     except BaseException:  # noqa: BLE001

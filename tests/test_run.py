@@ -180,3 +180,31 @@ def _wait_for(condition: object, timeout: float = 10) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+NO_LAZY_IMPORTS = """
+import sys
+import isolate
+from isolate import Sandbox, CommandNotFoundError, SetupError
+# Evict what the child might import lazily: after pivot_root it could not import it again
+# (the sandbox has no Python), so any lazy import there breaks the run.
+for name in [m for m in sys.modules if not m.startswith(("isolate", "_", "sys", "builtins", "posix", "os"))]:
+    del sys.modules[name]
+root = sys.argv[1]
+assert Sandbox(root).run(["sh", "-c", "exit 3"]).exit_code == 3
+for argv, error in ((["nope"], CommandNotFoundError), (["true"], SetupError)):
+    try:
+        Sandbox(root, tmpfs=["/x:size=bad"] if argv == ["true"] else []).run(argv)
+    except error as exc:
+        print(type(exc).__name__, exc)
+"""
+
+
+def test_child_imports_nothing(busybox_root: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_LAZY_IMPORTS, str(busybox_root)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("CommandNotFoundError nope: command not found")
+    assert lines[1].startswith("SetupError mount -t tmpfs") and lines[1].endswith("Invalid argument")
