@@ -41,11 +41,13 @@ def prepare(plan: Plan) -> None:
 
 def cleanup(plan: Plan, failed: bool) -> None:
     """Remove what ``prepare`` made for this sandbox; a failed start keeps nothing, --keep or not."""
+    if not plan.keep_dirs:
+        return  # the common case: everything lived in the sandbox's own tmpfs
     import shutil
 
     if plan.work_dir_to_remove:
         shutil.rmtree(plan.work_dir_to_remove, ignore_errors=True)
-    if failed and plan.keep_dirs:
+    if failed:
         shutil.rmtree(os.path.dirname(plan.keep_dirs[0]), ignore_errors=True)
 
 
