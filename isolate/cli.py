@@ -61,3 +61,16 @@ def doctor(as_json: bool) -> None:
     checks = run_checks()
     print_report(checks, as_json)
     sys.exit(0 if all(c.ok or not c.required for c in checks) else 1)
+
+
+@cli.command()
+@click.option("--cgroup-parent", default="isolate", show_default=True, help="Parent cgroup of the sandboxes.")
+def gc(cgroup_parent: str) -> None:
+    """Remove what crashed or killed isolate processes left: their cgroups and lock files."""
+    import os
+
+    from .config import DEFAULT_STATE_DIR
+    from .gc import collect
+
+    for line in collect(os.environ.get("ISOLATE_STATE_DIR", DEFAULT_STATE_DIR), cgroup_parent):
+        click.echo(f"removed {line}")

@@ -59,9 +59,20 @@ RUN_OPTIONS = [
         choices=("pivot_root", "chroot"),
     ),
     Opt(("--keep",), "Keep the upper layer after the run and print where it is.", flag=True),
+    Opt(("--memory", "-m"), "Memory limit (K, M, G; binary units). Past it the OOM killer ends the sandbox.", "SIZE"),
+    Opt(("--memory-swap",), "Memory plus swap limit (docker's meaning); equal to --memory: no swap.", "SIZE"),
+    Opt(("--cpus",), "CPU bandwidth: 0.5 is half of one CPU (a CFS quota).", "N"),
+    Opt(("--cpu-weight",), "Relative CPU share under contention, 1..10000 (default 100).", "N"),
+    Opt(("--cpuset",), "CPUs the sandbox may run on, e.g. 0 or 0-1.", "LIST"),
+    Opt(("--pids",), "The most processes and threads at once (stops fork bombs).", "N"),
+    Opt(("--io-weight",), "Relative block I/O share, 1..10000 (cgroup v2).", "N"),
+    Opt(("--time",), "CPU time limit of the whole sandbox (e.g. 2s); past it everything is killed: TO.", "TIME"),
     Opt(("--wall-time",), "Kill the sandbox after this much real time (e.g. 5, 2.5s, 500ms).", "TIME"),
+    Opt(("--cgroup-parent",), "Parent cgroup of the sandbox, below each hierarchy's root (default isolate).", "PATH"),
+    Opt(("--no-cgroup",), "No cgroup at all: no limits, no accounting (and a little faster).", flag=True),
     Opt(("--json",), "Print the run result as JSON on stdout after the command's own output.", flag=True),
     Opt(("--result-file",), "Write the run result as JSON to this file.", "PATH"),
+    Opt(("--meta",), "Write the run result as ioi/isolate's key:value meta file.", "PATH"),
 ]
 
 

@@ -6,7 +6,7 @@ import os
 import sys
 
 from .errors import ConfigError, IsolateError
-from .result import RunResult
+from .result import RunResult, meta_lines
 
 
 def parse_duration(text: str) -> float:
@@ -30,6 +30,7 @@ def execute_run(opts: dict[str, object], command: list[str]) -> int:
     """Run and report; returns the exit status for the shell (docker's conventions)."""
     from . import Sandbox
     from .config import parse_env
+    from .limits import Limits
 
     def text(name: str) -> str | None:
         value = opts.get(name)
@@ -44,7 +45,18 @@ def execute_run(opts: dict[str, object], command: list[str]) -> int:
         if not command:
             raise ConfigError("no command given: isolate run [OPTIONS] -- CMD [ARGS...]")
         share = [ns.strip() for item in many("share") for ns in item.split(",") if ns.strip()]
-        wall = text("wall_time")
+        wall, cpu_time = text("wall_time"), text("time")
+        limits = Limits(
+            memory=text("memory"),
+            memory_swap=text("memory_swap"),
+            cpus=text("cpus"),
+            cpu_weight=text("cpu_weight"),
+            cpuset=text("cpuset"),
+            pids=text("pids"),
+            io_weight=text("io_weight"),
+            time=parse_duration(cpu_time) if cpu_time else None,
+            wall_time=parse_duration(wall) if wall else None,
+        )
         sandbox = Sandbox(
             text("rootfs"),
             layers=many("layer"),
@@ -59,9 +71,12 @@ def execute_run(opts: dict[str, object], command: list[str]) -> int:
             share=share,
             mode=text("mode") or "pivot_root",
             keep=bool(opts.get("keep")),
+            limits=limits,
+            cgroups=False if opts.get("no_cgroup") else None,
+            cgroup_parent=text("cgroup_parent") or "isolate",
             spawn="direct",
         )
-        result = sandbox.run(command, timeout=parse_duration(wall) if wall else None, forward_signals=True)
+        result = sandbox.run(command, forward_signals=True)
     except IsolateError as exc:
         print(f"isolate: {exc}", file=sys.stderr)
         result = RunResult(status="isolate-error", exit_code=exc.exit_code, error=str(exc))
@@ -72,12 +87,13 @@ def execute_run(opts: dict[str, object], command: list[str]) -> int:
     if opts.get("json"):
         sys.stdout.flush()
         os.write(1, (result.to_json() + "\n").encode())
-    path = text("result_file")
-    if path:
-        try:
-            with open(path, "w") as f:
-                f.write(result.to_json() + "\n")
-        except OSError as exc:
-            print(f"isolate: cannot write --result-file {path}: {exc.strerror}", file=sys.stderr)
-            return 125
+    for option in ("result_file", "meta"):
+        path = text(option)
+        if path:
+            try:
+                with open(path, "w") as f:
+                    f.write(result.to_json() + "\n" if option == "result_file" else meta_lines(result))
+            except OSError as exc:
+                print(f"isolate: cannot write --{option.replace('_', '-')} {path}: {exc.strerror}", file=sys.stderr)
+                return 125
     return result.exit_code

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from .errors import ConfigError
+from .limits import Limits
 
 NAMESPACES = ("pid", "net", "uts", "ipc", "mount")
 MODES = ("pivot_root", "chroot")
@@ -74,6 +75,9 @@ class SandboxConfig:
         mode: str = "pivot_root",
         keep: bool = False,
         state_dir: str | None = None,
+        limits: Limits | None = None,
+        cgroups: bool | None = None,
+        cgroup_parent: str = "isolate",
     ) -> None:
         self.rootfs = rootfs
         self.layers = layers or []
@@ -89,6 +93,9 @@ class SandboxConfig:
         self.mode = mode
         self.keep = keep
         self.state_dir = state_dir or os.environ.get("ISOLATE_STATE_DIR", DEFAULT_STATE_DIR)
+        self.limits = limits or Limits()
+        self.cgroups = cgroups  # None: when the host has them; True: required; False: never
+        self.cgroup_parent = cgroup_parent
 
     def copy(self) -> SandboxConfig:
         new = SandboxConfig.__new__(SandboxConfig)
@@ -128,6 +135,9 @@ class SandboxConfig:
                 raise ConfigError("--hostname needs a UTS namespace of its own; drop --share uts")
             if not _valid_hostname(self.hostname):
                 raise ConfigError(f"--hostname {self.hostname!r}: use letters, digits, '.' and '-' (64 at most)")
+        parts = self.cgroup_parent.strip("/").split("/")
+        if not self.cgroup_parent.strip("/") or any(p in ("", ".", "..") for p in parts):
+            raise ConfigError(f"--cgroup-parent {self.cgroup_parent!r}: give a relative path like isolate or ci/jobs")
         for key in self.env:
             if not key or "=" in key or "\0" in key:
                 raise ConfigError(f"--env {key!r}: a variable name cannot be empty or hold '=' or NUL")

@@ -24,6 +24,10 @@ from typing import Any
 from .errors import IsolateError
 from .spec import Plan
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .supervisor import Finished
+
 _MAX_MSG = 1 << 20
 
 
@@ -60,7 +64,7 @@ class Helper:
         reply, fds = self._call(("start", plan), stdio)
         return reply[1], fds[0]
 
-    def finish(self, pid: int) -> tuple[int, float, float]:
+    def finish(self, pid: int) -> Finished:
         reply, _ = self._call(("finish", pid))
         return reply[1]  # type: ignore[no-any-return]
 

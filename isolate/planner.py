@@ -7,9 +7,11 @@ import os
 from . import _libc as L
 from . import mounts, overlay, rootfs
 from .config import DEFAULT_PATH, SandboxConfig
+from .errors import HostSupportError
 from .spec import (
     Chdir,
     Chroot,
+    JoinCgroup,
     LoopbackUp,
     MakeMountsPrivate,
     NoNewPrivs,
@@ -19,6 +21,7 @@ from .spec import (
     SetHostname,
     SetUser,
     Step,
+    UnshareCgroupNamespace,
 )
 
 _NS_FLAGS = {"pid": L.CLONE_NEWPID, "net": L.CLONE_NEWNET, "uts": L.CLONE_NEWUTS, "ipc": L.CLONE_NEWIPC}
@@ -45,9 +48,33 @@ def default_env(config: SandboxConfig, hostname: str) -> dict[str, str]:
     return env
 
 
+def cgroup_dirs(config: SandboxConfig, sandbox_id: str) -> tuple[str | None, dict[str, str]]:
+    """(backend version, directories) of this sandbox's cgroup, or (None, {}) for none."""
+    limits = config.limits
+    needed = config.cgroups is True or limits.any_cgroup_limit or limits.time is not None
+    if config.cgroups is False:
+        if needed:
+            raise HostSupportError("limits need a cgroup: drop cgroups=False (--no-cgroup)")
+        return None, {}
+    from . import cgroups
+
+    backend = cgroups.backend()
+    if backend is None:
+        if needed:
+            raise HostSupportError(
+                "no cgroup hierarchy is mounted, so limits cannot be enforced: mount cgroup2 at "
+                "/sys/fs/cgroup (mount -t cgroup2 none /sys/fs/cgroup); isolate doctor shows the layout"
+            )
+        return None, {}
+    if backend.version == "v1":  # type: ignore[attr-defined]
+        return "v1", backend.dirs(sandbox_id, config.cgroup_parent, limits)  # type: ignore[attr-defined]
+    return "v2", backend.dirs(sandbox_id, config.cgroup_parent)  # type: ignore[attr-defined]
+
+
 def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
     """The ordered steps that build this sandbox.  Validates ``config``; touches nothing."""
     config.validate()
+    version, dirs = cgroup_dirs(config, sandbox_id)
     flags = clone_flags(config)
     stage = os.path.join(config.state_dir, "mnt")
     root = f"{stage}/root"
@@ -58,7 +85,12 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
     else:
         upper, work = f"{stage}/upper", f"{stage}/work"
 
-    steps: list[Step] = [MakeMountsPrivate()]
+    steps: list[Step] = []
+    if version is not None:
+        # First of all, so that everything the child does is accounted to the sandbox.
+        steps.append(JoinCgroup(sorted({f"{d}/cgroup.procs" for d in dirs.values()})))
+        steps.append(UnshareCgroupNamespace())
+    steps.append(MakeMountsPrivate())
     steps += overlay.stage_steps(stage)
     if config.rootfs is None:
         skel = f"{stage}/skel"
@@ -99,4 +131,10 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
         keep_dirs=keep_dirs,
         work_dir_to_remove=work if config.keep else None,
         upper_dir=upper if config.keep else None,
+        cgroup_version=version,
+        cgroup_dirs=dirs,
+        cgroup_parent=config.cgroup_parent,
+        limits=config.limits,
+        share_pid="pid" in config.shared,
+        state_dir=config.state_dir,
     )

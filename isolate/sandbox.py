@@ -9,6 +9,7 @@ import time
 from . import spawn
 from .config import SandboxConfig, Tmpfs, Volume, parse_user
 from .errors import ConfigError, NotRootError
+from .limits import Limits
 from .planner import build_plan
 from .result import RunResult, status_from_wait
 
@@ -18,10 +19,11 @@ if TYPE_CHECKING:
     from typing import IO, Any, Protocol
 
     from .spec import Plan
+    from .supervisor import Finished
 
     class _Engine(Protocol):
         def start(self, plan: Plan, stdio: tuple[int, int, int]) -> tuple[int, int]: ...
-        def finish(self, pid: int) -> tuple[int, float, float]: ...
+        def finish(self, pid: int) -> Finished: ...
 
 
 FORWARDED_SIGNALS = (
@@ -63,6 +65,10 @@ class Sandbox:
         mode: ``"pivot_root"`` (default) or ``"chroot"`` (escapable, for teaching).
         keep: keep the upper layer after the run; its path is ``RunResult.upper_dir``.
         state_dir: where isolate keeps its runtime state (default /run/isolate).
+        limits: resource limits (:class:`~isolate.limits.Limits`): memory, cpus, pids, time...
+        cgroups: ``None`` (default) accounts every run in a cgroup when the host has them;
+            ``True`` requires one; ``False`` runs without (no limits, no accounting).
+        cgroup_parent: the cgroup, below each hierarchy's root, that holds isolate's sandboxes.
         spawn: ``"auto"``, ``"direct"`` (clone from this process) or ``"helper"`` (a small
             pre-started process clones, so the cost does not grow with this process's memory).
     """
@@ -84,6 +90,9 @@ class Sandbox:
         mode: str = "pivot_root",
         keep: bool = False,
         state_dir: str | None = None,
+        limits: Limits | None = None,
+        cgroups: bool | None = None,
+        cgroup_parent: str = "isolate",
         spawn: str = "auto",
     ) -> None:
         if isinstance(user, str):
@@ -104,6 +113,9 @@ class Sandbox:
             share=frozenset(share),
             mode=mode,
             keep=keep,
+            limits=limits,
+            cgroups=cgroups,
+            cgroup_parent=cgroup_parent,
         )
         if state_dir is not None:
             self.config.state_dir = state_dir
@@ -132,7 +144,9 @@ class Sandbox:
 
         ``capture`` collects stdout and stderr into the result; ``input`` is fed to stdin;
         otherwise the given descriptors (default: this process's) are passed through.
-        ``timeout`` (wall seconds) kills every process of the sandbox when it runs out.
+        ``timeout`` (wall seconds) kills every process of the sandbox when it runs out, as
+        ``Limits.wall_time`` does (the shorter wins); ``Limits.time`` does the same for the
+        CPU time of the whole sandbox.
         ``forward_signals`` relays SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1/2 and SIGWINCH
         to the command (main thread only; the CLI turns it on).
 
@@ -144,6 +158,9 @@ class Sandbox:
         if os.geteuid() != 0:
             raise NotRootError("must run as root (sudo isolate ...); rootless runs come with user namespaces")
         plan = self.plan(argv)
+        wall = self.config.limits.wall_time
+        if wall is not None and (timeout is None or wall < timeout):
+            timeout = wall
         return _Run(plan, self._engine()).run(capture, input, stdin, stdout, stderr, timeout, forward_signals)
 
     def _engine(self) -> tuple[_Engine, Any]:
@@ -181,6 +198,9 @@ class _Run:
         self.pidfd = -1
         self.pid = 0
         self.emulated: int | None = None
+        self.timeout_reason: str | None = None  # "wall-time" or "cpu-time"
+        self.peak_seen: int | None = None  # memory.current polled, where memory.peak is missing
+        self.group: Any = None  # a read-only handle on the sandbox's cgroup, for --time
 
     def run(
         self,
@@ -219,13 +239,13 @@ class _Run:
             child_fds = []
             finished = False
             try:
-                out, timed_out = self._wait(parent_fds, input, timeout, forward_signals)
+                out = self._wait(parent_fds, input, timeout, forward_signals)
                 finished = True
             finally:
                 if not finished:  # interrupted: do not leave the sandbox running
                     signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
                 try:
-                    status, utime, stime = self.engine.finish(self.pid)
+                    status, utime, stime, stats = self.engine.finish(self.pid)
                 except BaseException:
                     healthy = False
                     raise
@@ -243,10 +263,10 @@ class _Run:
                     pass
             if self.helper is not None and _pool is not None:
                 _pool.release(self.helper, healthy)
-        state, code, sig = status_from_wait(status, timed_out)
+        state, code, sig = status_from_wait(status, self.timeout_reason is not None)
         if sig == signal.SIGKILL and self.emulated:
             sig, code = self.emulated, 128 + self.emulated
-        return RunResult(
+        result = RunResult(
             status=state,
             exit_code=code,
             signal=sig,
@@ -258,17 +278,34 @@ class _Run:
             stdout=out.get("stdout") if capture else None,
             stderr=out.get("stderr") if capture else None,
         )
+        if stats is not None:
+            if stats.get("memory_peak") is None and self.peak_seen is not None:
+                stats["memory_peak"] = self.peak_seen
+            result.add_cgroup_stats(self.plan.cgroup_version or "", stats, self.plan.limits)
+        if self.timeout_reason:
+            result.limits_hit.append(self.timeout_reason)
+        return result
 
     def _wait(
         self, pipes: dict[int, str], input: bytes | None, timeout: float | None, forward_signals: bool
-    ) -> tuple[dict[str, bytes], bool]:
-        """Pump the pipes until the command exited and its output is drained."""
+    ) -> dict[str, bytes]:
+        """Pump the pipes until the command exited and its output is drained; enforce time limits."""
         import select  # a C module; selectors would cost ~1 ms of import on every CLI run
 
         chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
         pending = memoryview(input or b"")
         deadline = None if timeout is None else time.monotonic() + timeout
-        timed_out = False
+        cpu_limit = self.plan.limits.time if self.plan.cgroup_version else None
+        poll_peak = False
+        if self.plan.cgroup_version:
+            from .cgroups import open_cgroup
+
+            self.group = open_cgroup(self.plan.cgroup_version, self.plan.cgroup_dirs)
+            poll_peak = self.plan.cgroup_version == "v2" and not os.path.exists(
+                os.path.join(self.plan.cgroup_dirs["unified"], "memory.peak")
+            )
+        # Below, CPU time and (before Linux 5.19) memory are sampled at this interval.
+        interval = 0.02 if cpu_limit is not None or poll_peak else None
         old_handlers = self._forward(forward_signals)
         poller = select.poll()
         watched = {self.pidfd: "exit"}
@@ -288,11 +325,19 @@ class _Run:
                 wait = None
                 if alive and deadline is not None:
                     wait = max(0.0, deadline - time.monotonic()) * 1000
+                if alive and interval is not None:
+                    wait = min(wait, interval * 1000) if wait is not None else interval * 1000
                 events = poller.poll(wait)
-                if not events and alive and deadline is not None and time.monotonic() >= deadline:
-                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-                    timed_out = True
-                    deadline = None
+                if alive and not self.timeout_reason:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        self._kill("wall-time")
+                    elif cpu_limit is not None and self.group.cpu_usage() >= cpu_limit:
+                        self._kill("cpu-time")
+                    if self.timeout_reason:
+                        deadline = interval = None
+                    if poll_peak:
+                        current = self.group.memory_current() or 0
+                        self.peak_seen = max(self.peak_seen or 0, current)
                 for fd, _ in events:
                     name = watched[fd]
                     if name == "exit":
@@ -316,7 +361,16 @@ class _Run:
         finally:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
-        return {k: b"".join(v) for k, v in chunks.items()}, timed_out
+        return {k: b"".join(v) for k, v in chunks.items()}
+
+    def _kill(self, reason: str) -> None:
+        """A time limit ran out: end every process of the sandbox."""
+        self.timeout_reason = reason
+        # SIGKILL to a pid namespace's init kills everything in it (pid_namespaces(7)); a
+        # sandbox sharing the host's pid namespace is ended through its cgroup.
+        signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        if self.plan.share_pid and self.group is not None:
+            self.group.kill_all()
 
     def _forward(self, enabled: bool) -> dict[int, Any]:
         if not enabled:

@@ -377,6 +377,40 @@ class SetUser(Step):
         )
 
 
+class JoinCgroup(Step):
+    """The child moves itself into its cgroups ("0" means the writer), before it runs anything."""
+
+    __slots__ = ("files",)
+    what = "joining the cgroup"
+
+    def __init__(self, files: list[str]) -> None:
+        self.files = files
+
+    def apply(self, root: str) -> None:
+        for path in self.files:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+
+    def shell(self, root: str) -> str:
+        return " && ".join(f"echo $$ > {_q(path)}" for path in self.files)
+
+
+class UnshareCgroupNamespace(Step):
+    """After joining: the sandbox's cgroup becomes the root of what it sees (cgroup_namespaces(7))."""
+
+    __slots__ = ()
+    what = "unshare(CLONE_NEWCGROUP)"
+
+    def apply(self, root: str) -> None:
+        _libc.unshare(_libc.CLONE_NEWCGROUP)
+
+    def shell(self, root: str) -> str:
+        return "unshare --cgroup"
+
+
 class Plan:
     """Everything needed to start one sandbox: namespaces to create, steps, and the command."""
 
@@ -392,6 +426,12 @@ class Plan:
         "keep_dirs",
         "work_dir_to_remove",
         "upper_dir",
+        "cgroup_version",
+        "cgroup_dirs",
+        "cgroup_parent",
+        "limits",
+        "share_pid",
+        "state_dir",
     )
 
     def __init__(
@@ -407,6 +447,12 @@ class Plan:
         keep_dirs: list[str] | None = None,
         work_dir_to_remove: str | None = None,
         upper_dir: str | None = None,
+        cgroup_version: str | None = None,
+        cgroup_dirs: dict[str, str] | None = None,
+        cgroup_parent: str = "",
+        limits: Any = None,
+        share_pid: bool = False,
+        state_dir: str = "/run/isolate",
     ) -> None:
         self.sandbox_id = sandbox_id
         self.clone_flags = clone_flags
@@ -419,6 +465,12 @@ class Plan:
         self.keep_dirs = keep_dirs if keep_dirs is not None else []  # host dirs made for --keep (upper, work)
         self.work_dir_to_remove = work_dir_to_remove
         self.upper_dir = upper_dir
+        self.cgroup_version = cgroup_version  # "v1", "v2" or None: no cgroup for this run
+        self.cgroup_dirs = cgroup_dirs or {}
+        self.cgroup_parent = cgroup_parent
+        self.limits = limits  # isolate.limits.Limits
+        self.share_pid = share_pid
+        self.state_dir = state_dir
 
     def shell(self) -> list[str]:
         """The steps as shell commands, in order, for ``--explain``."""

@@ -91,11 +91,25 @@ def sandbox_children() -> list[int]:
     return pids
 
 
+def sandbox_cgroups() -> list[str]:
+    """Cgroups below isolate's parent in every hierarchy: each belongs to a sandbox not yet removed."""
+    from isolate import cgroups
+
+    lay = cgroups.layout()
+    found = []
+    for mount in {*lay.v1_mounts.values(), *([lay.v2_mount] if lay.v2_mount else [])}:
+        parent = os.path.join(mount, "isolate")
+        if os.path.isdir(parent):
+            found += [os.path.join(parent, d) for d in os.listdir(parent) if os.path.isdir(os.path.join(parent, d))]
+    return sorted(found)
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
-    """After every test: no new host mount, open descriptor, state entry or child process."""
+    """After every test: no new host mount, open descriptor, state entry, cgroup or child process."""
     mounts, fds, state = host_mounts(), open_fds(), state_entries()
     yield
+    assert sandbox_cgroups() == [], "a sandbox cgroup was left behind"
     assert host_mounts() == mounts, "a mount leaked onto the host"
     assert state_entries() - state == set(), "isolate left files in its state directory"
     leaked = open_fds() - fds - helper_sockets()

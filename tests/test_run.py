@@ -141,6 +141,15 @@ def test_sandbox_dies_with_the_isolate_process(busybox_root: Path, marker: str) 
         proc.kill()
         proc.wait()
     _wait_for(lambda: processes_matching(marker) == [])
+    # A killed supervisor cannot remove the sandbox's cgroup or lock; `isolate gc` does.
+    from conftest import cli, sandbox_cgroups, state_entries
+
+    left = sandbox_cgroups()
+    assert len({os.path.basename(d) for d in left}) == (1 if left else 0)
+    gc = cli("gc")
+    assert gc.returncode == 0 and sandbox_cgroups() == []
+    assert all(f"removed cgroup {d}" in gc.stdout.decode() for d in left)
+    assert not [e for e in state_entries() if "/locks/" in e]
 
 
 def test_two_hundred_runs_leave_nothing(busybox_root: Path) -> None:

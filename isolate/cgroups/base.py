@@ -1,0 +1,128 @@
+"""The one interface both cgroup backends implement (youki's libcgroups has the same split).
+
+A backend knows where a hierarchy lives and how a limit is spelled there; a ``Cgroup`` is
+one sandbox's group: created with its limits before the command starts, joined by the
+child itself before it execs, read and removed after the run.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+from ..errors import HostSupportError, IsolateError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..limits import Limits
+
+DEFAULT_PARENT = "isolate"
+
+
+class CgroupStats:
+    """What the kernel counted for one sandbox.  ``None`` where the backend cannot tell."""
+
+    __slots__ = (
+        "memory_peak", "oom_kills", "cpu_user", "cpu_system", "nr_throttled", "throttled_time",
+        "pids_peak", "pids_limit_hits",
+    )  # fmt: skip
+
+    def __init__(self, **values: float | int | None) -> None:
+        for name in self.__slots__:
+            setattr(self, name, values.get(name))
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Cgroup:
+    """One sandbox's cgroup, in one directory per hierarchy (one in v2, several in v1)."""
+
+    version = ""
+
+    def __init__(self, dirs: dict[str, str]) -> None:
+        self.dirs = dirs  # controller (or "unified") -> directory
+
+    def join_files(self) -> list[str]:
+        """The cgroup.procs files the child writes "0" (itself) into before it execs."""
+        return sorted({os.path.join(d, "cgroup.procs") for d in self.dirs.values()})
+
+    def apply(self, limits: Limits) -> list[tuple[str, str]]:
+        """Write the limits; returns the (file, value) pairs written, in order."""
+        raise NotImplementedError
+
+    def cpu_usage(self) -> float:
+        """CPU seconds used so far by every process of the group (for --time)."""
+        raise NotImplementedError
+
+    def memory_current(self) -> int | None:
+        raise NotImplementedError
+
+    def stats(self) -> CgroupStats:
+        raise NotImplementedError
+
+    def kill_all(self) -> None:
+        """SIGKILL every process in the group, including ones that fork meanwhile."""
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        """rmdir every directory; waits a little for exiting processes to leave."""
+        deadline = time.monotonic() + 2.0
+        for directory in sorted(set(self.dirs.values()), key=len, reverse=True):
+            while True:
+                try:
+                    os.rmdir(directory)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    # EBUSY: a killed process has not left yet (its exit is asynchronous).
+                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                        raise IsolateError(f"cannot remove cgroup {directory}: {exc.strerror}") from None
+                    if time.monotonic() > deadline - 1.0:
+                        self.kill_all()
+                    time.sleep(0.002)
+
+
+def write(path: str, value: str | int) -> None:
+    """One write(2) per value: the kernel parses each write as a whole (cgroup.procs: one pid)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise HostSupportError(f"{path}: no such cgroup file; is the controller enabled? (isolate doctor)") from None
+    try:
+        os.write(fd, str(value).encode())
+    except OSError as exc:
+        raise HostSupportError(f"cgroup: writing {value!r} to {path} failed: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def read_keyed(path: str) -> dict[str, int]:
+    """``key value`` lines (cpu.stat, memory.events, pids.events) as a dict."""
+    result = {}
+    try:
+        for line in read(path).splitlines():
+            key, _, value = line.partition(" ")
+            result[key] = int(value)
+    except (OSError, ValueError):
+        pass
+    return result
+
+
+def make_dir(path: str) -> None:
+    """mkdir that explains the common failure (a read-only or absent cgroupfs)."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise HostSupportError(
+            f"cannot create cgroup {path}: {exc.strerror}; is cgroupfs mounted read-write?"
+        ) from None

@@ -1,0 +1,52 @@
+"""``isolate gc``: remove what a crashed or killed supervisor left behind.
+
+Only isolate's own state is touched: cgroups below isolate's parent whose sandbox lock is
+free (see state.py), and lock files whose supervisor is gone.  Mounts need no collection:
+a sandbox's mounts live in its own mount namespace and vanish with its last process.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import cgroups, state
+from .cgroups.base import DEFAULT_PARENT
+
+
+def collect(state_dir: str, parent: str = DEFAULT_PARENT) -> list[str]:
+    """Remove leftovers; returns a line for each thing removed."""
+    removed: list[str] = []
+    lay = cgroups.layout()
+    by_id: dict[str, dict[str, str]] = {}
+    hierarchies = {name: mount for name, mount in lay.v1_mounts.items()}
+    if lay.v2_mount:
+        hierarchies["unified"] = lay.v2_mount
+    for name, mount in hierarchies.items():
+        top = os.path.join(mount, parent.strip("/"))
+        if not os.path.isdir(top):
+            continue
+        for entry in os.listdir(top):
+            if os.path.isdir(os.path.join(top, entry)) and _looks_like_id(entry):
+                by_id.setdefault(entry, {})[name] = os.path.join(top, entry)
+    for sandbox_id, dirs in sorted(by_id.items()):
+        if state.is_held(state_dir, sandbox_id):
+            continue
+        version = "v2" if "unified" in dirs else "v1"
+        group = cgroups.open_cgroup(version, dirs)
+        group.kill_all()
+        group.remove()
+        removed += [f"cgroup {d}" for d in sorted(dirs.values())]
+    locks = os.path.join(state_dir, "locks")
+    if os.path.isdir(locks):
+        for sandbox_id in os.listdir(locks):
+            if not state.is_held(state_dir, sandbox_id):
+                try:
+                    os.unlink(os.path.join(locks, sandbox_id))
+                    removed.append(f"lock {os.path.join(locks, sandbox_id)}")
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+def _looks_like_id(name: str) -> bool:
+    return len(name) == 12 and all(c in "0123456789abcdef" for c in name)
