@@ -67,7 +67,8 @@ def cgroup_dirs(config: SandboxConfig, sandbox_id: str) -> tuple[str | None, dic
             )
         return None, {}
     if backend.version == "v1":  # type: ignore[attr-defined]
-        return "v1", backend.dirs(sandbox_id, config.cgroup_parent, limits)  # type: ignore[attr-defined]
+        share_pid = "pid" in config.shared
+        return "v1", backend.dirs(sandbox_id, config.cgroup_parent, limits, share_pid)  # type: ignore[attr-defined]
     return "v2", backend.dirs(sandbox_id, config.cgroup_parent)  # type: ignore[attr-defined]
 
 

@@ -92,5 +92,7 @@ def _create_cgroup(plan: Plan) -> Cgroup | None:
         from .errors import HostSupportError
 
         raise HostSupportError("the cgroup layout changed while isolate was running; see isolate doctor")
-    group, _writes = backend.create(plan.sandbox_id, plan.cgroup_parent, plan.limits)  # type: ignore[attr-defined]
+    group, _writes = backend.create(  # type: ignore[attr-defined]
+        plan.sandbox_id, plan.cgroup_parent, plan.limits, plan.share_pid
+    )
     return group  # type: ignore[no-any-return]

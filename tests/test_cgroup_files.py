@@ -97,7 +97,7 @@ def test_v1_writes(tmp_path: Path) -> None:
     assert content("cpuset", "cpuset.mems") == "0" and content("cpuset", "cpuset.cpus") == "0"
     assert content("pids", "pids.max") == "32"
     assert [Path(f).name for f, _ in writes][:2] == ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
-    assert len(group.join_files()) == 6  # one cgroup.procs per hierarchy
+    assert len(group.join_files()) == 5  # one cgroup.procs per hierarchy: memory cpuacct pids cpu cpuset
 
 
 def test_v1_unlimited_pids_reads_as_none(tmp_path: Path) -> None:

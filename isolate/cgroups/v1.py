@@ -57,7 +57,8 @@ CONTROLLERS: dict[str, type] = {
     "pids": PidsController,
     "freezer": FreezerController,
 }
-ACCOUNTING = ("memory", "cpu", "cpuacct", "pids", "freezer")
+# Always: what every run reports (peak memory and OOM kills, CPU time, pids.max hits).
+ACCOUNTING = ("memory", "cpuacct", "pids")
 
 
 class _Node:
@@ -188,17 +189,32 @@ class V1Backend:
     def available(self) -> set[str]:
         return {c for c in self.mounts if c in CONTROLLERS}
 
-    def controllers(self, limits: Limits) -> list[str]:
-        names = [c for c in ACCOUNTING if c in self.mounts]
+    def controllers(self, limits: Limits, share_pid: bool = False) -> list[str]:
+        """The hierarchies a sandbox joins.  Each one is a migration when the child joins,
+        and the first after an idle spell waits for an RCU grace period (cgroup_threadgroup_rwsem):
+        join only what the run needs."""
+        names = list(ACCOUNTING)
+        if limits.cpus is not None or limits.cpu_weight is not None:
+            names.append("cpu")  # the quota and cpu.stat's throttling counters
         if limits.cpuset is not None:
             names.append("cpuset")
-        return names
+        if share_pid:
+            names.append("freezer")  # to end processes outside a pid namespace of our own
+        missing = [c for c in names if c not in self.mounts]
+        if missing and any(c not in ACCOUNTING for c in missing):
+            wanted = ", ".join(c for c in missing if c not in ACCOUNTING)
+            raise HostSupportError(f"the {wanted} cgroup controller is not mounted; see isolate doctor")
+        return [c for c in names if c in self.mounts]
 
-    def dirs(self, sandbox_id: str, parent: str, limits: Limits) -> dict[str, str]:
-        return {c: os.path.join(self.mounts[c], parent.strip("/"), sandbox_id) for c in self.controllers(limits)}
+    def dirs(self, sandbox_id: str, parent: str, limits: Limits, share_pid: bool = False) -> dict[str, str]:
+        return {
+            c: os.path.join(self.mounts[c], parent.strip("/"), sandbox_id) for c in self.controllers(limits, share_pid)
+        }
 
-    def create(self, sandbox_id: str, parent: str, limits: Limits) -> tuple[V1Cgroup, list[tuple[str, str]]]:
-        dirs = self.dirs(sandbox_id, parent, limits)
+    def create(
+        self, sandbox_id: str, parent: str, limits: Limits, share_pid: bool = False
+    ) -> tuple[V1Cgroup, list[tuple[str, str]]]:
+        dirs = self.dirs(sandbox_id, parent, limits, share_pid)
         made: list[str] = []
         try:
             for controller, path in dirs.items():

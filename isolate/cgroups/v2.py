@@ -103,7 +103,9 @@ class V2Backend:
     def dirs(self, sandbox_id: str, parent: str) -> dict[str, str]:
         return {"unified": os.path.join(self.mount, parent.strip("/"), sandbox_id)}
 
-    def create(self, sandbox_id: str, parent: str, limits: Limits) -> tuple[V2Cgroup, list[tuple[str, str]]]:
+    def create(
+        self, sandbox_id: str, parent: str, limits: Limits, share_pid: bool = False
+    ) -> tuple[V2Cgroup, list[tuple[str, str]]]:
         parent_dir = os.path.join(self.mount, parent.strip("/"))
         needed = set(ACCOUNTING)
         wanted = _controllers_for(limits)
