@@ -18,37 +18,6 @@ class Check:
         self.required = required
 
 
-def cgroup_layout() -> tuple[str, dict[str, str]]:
-    """("v2" | "v1" | "hybrid" | "none", {controller: mount point}) from /proc/self/mountinfo."""
-    v1: dict[str, str] = {}
-    v2_mount = ""
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fstype, _source, options = (right.split() + ["", "", ""])[:3]
-            point = left.split()[4]
-            if fstype == "cgroup2":
-                v2_mount = point
-            elif fstype == "cgroup":
-                for opt in options.split(","):
-                    if opt in ("rw", "ro") or opt.startswith("name="):
-                        continue
-                    v1[opt] = point
-    controllers: dict[str, str] = dict(v1)
-    if v2_mount:
-        try:
-            with open(os.path.join(v2_mount, "cgroup.controllers")) as f:
-                for name in f.read().split():
-                    controllers.setdefault(name, v2_mount)
-        except OSError:
-            pass
-    if v1 and v2_mount:
-        return "hybrid", controllers
-    if v2_mount:
-        return "v2", controllers
-    return ("v1" if v1 else "none"), controllers
-
-
 def run_checks() -> list[Check]:
     checks = [
         Check(
@@ -90,19 +59,7 @@ def run_checks() -> list[Check]:
             required=False,
         )
     )
-    layout, controllers = cgroup_layout()
-    wanted = ["cpu", "memory", "pids", "cpuset"]
-    missing = [c for c in wanted if c not in controllers]
-    detail = f"{layout}; controllers: " + ", ".join(f"{c} ({controllers[c]})" for c in wanted if c in controllers)
-    checks.append(
-        Check(
-            "cgroups",
-            layout != "none" and not missing,
-            detail,
-            f"controllers not available: {', '.join(missing)}" if missing else "mount cgroup2 at /sys/fs/cgroup",
-            required=False,
-        )
-    )
+    checks.append(_cgroup_check())
     busybox = next((p for p in ("/bin/busybox", "/usr/bin/busybox") if os.path.exists(p)), "")
     checks.append(
         Check(
@@ -154,3 +111,23 @@ def print_report(checks: list[Check], as_json: bool) -> None:
         if not c.ok and c.fix:
             line += f"\n       fix: {c.fix}"
         print(line)
+
+
+def _cgroup_check() -> Check:
+    from . import cgroups
+
+    lay = cgroups.layout()
+    backend = cgroups.backend(lay)
+    if backend is None:
+        return Check("cgroups", False, f"layout {lay.kind}: no usable hierarchy; runs have no limits or accounting",
+                     "mount cgroup2: mount -t cgroup2 none /sys/fs/cgroup", required=False)  # fmt: skip
+    version = backend.version  # type: ignore[attr-defined]
+    usable = sorted(backend.available())  # type: ignore[attr-defined]
+    v1_roots = sorted({os.path.dirname(m) for m in lay.v1_mounts.values()})
+    where = lay.v2_mount if version == "v2" else "a hierarchy per controller under " + ", ".join(v1_roots)
+    detail = f"layout {lay.kind}, isolate uses {version} ({where}); controllers: {' '.join(usable)}"
+    if lay.kind == "hybrid":
+        detail += f"; the cgroup2 mount at {lay.v2_mount} has only: {' '.join(sorted(lay.v2_controllers)) or 'none'}"
+    missing = [c for c in ("memory", "cpu", "pids", "cpuset") if c not in usable]
+    fix = f"not available: {', '.join(missing)} (limits on them will be refused)" if missing else ""
+    return Check("cgroups", not missing, detail, fix, required=False)

@@ -168,7 +168,8 @@ def test_doctor() -> None:
     checks = {c["name"]: c for c in json.loads(proc.stdout)}
     assert proc.returncode == 0
     assert checks["root"]["ok"] and checks["overlayfs"]["ok"] and checks["sandbox"]["ok"]
-    assert checks["cgroups"]["detail"].split(";")[0] in ("v1", "v2", "hybrid")
+    assert checks["cgroups"]["detail"].split(",")[0] in ("layout v1", "layout v2", "layout hybrid")
+    assert "isolate uses v" in checks["cgroups"]["detail"]
     assert b"[ok  ] sandbox" in cli("doctor").stdout
 
 

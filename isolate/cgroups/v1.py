@@ -187,7 +187,7 @@ class V1Backend:
         self.mounts = mounts  # controller -> mount point
 
     def available(self) -> set[str]:
-        return {c for c in self.mounts if c in CONTROLLERS}
+        return {c for c in self.mounts if c in CONTROLLERS or c == "blkio"}
 
     def controllers(self, limits: Limits, share_pid: bool = False) -> list[str]:
         """The hierarchies a sandbox joins.  Each one is a migration when the child joins,
