@@ -12,7 +12,7 @@ import os
 from . import _libc as L
 from .config import Tmpfs, Volume
 from .errors import ConfigError
-from .spec import MakeDevice, Mount, Step, Symlink
+from .spec import MakeDevice, Mount, RemountReadOnly, Step, Symlink
 
 _KERNEL_FS = L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC
 
@@ -93,3 +93,32 @@ def volume_step(vol: Volume) -> Step:
         # source would stay writable.  Leaving them out keeps ":ro" true.
         return Mount(source, vol.target, None, L.MS_BIND | L.MS_RDONLY, create=create)
     return Mount(source, vol.target, None, L.MS_BIND | L.MS_REC, create=create)
+
+
+def cgroup_steps(version: str, dirs: dict[str, str]) -> list[Step]:
+    """The sandbox's own cgroup, read-only at /sys/fs/cgroup, as docker shows it.
+
+    Mounted after the child entered its cgroup namespace, so the root of what it sees is
+    its own group: programs can read their limits (memory.max, cpu.max...), not the host's.
+    """
+    ro = _KERNEL_FS | L.MS_RDONLY
+    if version == "v2":
+        return [Mount("cgroup2", "/sys/fs/cgroup", "cgroup2", ro)]
+    from .cgroups import layout
+
+    options = layout().v1_options
+    steps: list[Step] = [Mount("tmpfs", "/sys/fs/cgroup", "tmpfs", _KERNEL_FS, "mode=755")]
+    for point in sorted({os.path.dirname(d.rstrip("/")) for d in dirs.values()}):
+        mount = _hierarchy_mount(point, options)
+        if mount:
+            steps.append(Mount("cgroup", f"/sys/fs/cgroup/{os.path.basename(mount)}", "cgroup", ro, options[mount]))
+    steps.append(RemountReadOnly("/sys/fs/cgroup"))
+    return steps
+
+
+def _hierarchy_mount(parent_dir: str, options: dict[str, str]) -> str:
+    # parent_dir is <mount point>/<cgroup parent>: find the mount point it lies under.
+    for point in options:
+        if parent_dir == point or parent_dir.startswith(point + "/"):
+            return point
+    return ""

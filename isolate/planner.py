@@ -104,6 +104,8 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
         steps += rootfs.host_bind_steps()
     steps += mounts.proc_steps()
     steps += mounts.sys_steps()
+    if version is not None:
+        steps += mounts.cgroup_steps(version, dirs)
     steps += mounts.dev_steps(own_ipc="ipc" not in config.shared)
     steps += mounts.tmp_steps()
     steps += [mounts.tmpfs_step(t) for t in config.tmpfs]

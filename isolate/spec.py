@@ -292,6 +292,24 @@ class RemountRootReadOnly(Step):
         return "mount -o remount,bind,ro /"
 
 
+class RemountReadOnly(Step):
+    """Make a mount point read-only once what it holds was mounted (e.g. /sys/fs/cgroup's tmpfs)."""
+
+    __slots__ = ("path",)
+    what = "read-only remount"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def apply(self, root: str) -> None:
+        target = resolve_in_root(root, self.path)
+        flags = os.statvfs(target).f_flag & _KEEP_ON_REMOUNT
+        _libc.mount(None, target, None, _libc.MS_REMOUNT | _libc.MS_BIND | _libc.MS_RDONLY | flags)
+
+    def shell(self, root: str) -> str:
+        return f"mount -o remount,bind,ro {_q(root + self.path)}"
+
+
 class SetHostname(Step):
     __slots__ = ("name",)
 

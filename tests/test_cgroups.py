@@ -147,10 +147,29 @@ def test_bad_limits_are_one_clear_line(args: list[str], message: str) -> None:
     assert proc.stderr.count(b"\n") == 1
 
 
-@pytest.mark.skipif(VERSION != "v1", reason="v1 has no io weight; v2 hosts do")
-def test_missing_controller_is_named(busybox_root: Path) -> None:
-    with pytest.raises(HostSupportError, match="--io-weight needs blkio.weight"):
-        Sandbox(busybox_root, limits=Limits(io_weight=100)).run(["true"])
+def test_io_weight(busybox_root: Path) -> None:
+    sandbox = Sandbox(busybox_root, limits=Limits(io_weight=50))
+    if VERSION == "v1":  # blkio.weight went with the CFQ scheduler (Linux 5.0): refused by name
+        with pytest.raises(HostSupportError, match="--io-weight needs blkio.weight"):
+            sandbox.run(["true"])
+    else:
+        assert sandbox.run(["cat", "/sys/fs/cgroup/io.weight"], capture=True).stdout == b"default 50\n"
+
+
+def test_limits_are_visible_inside_read_only(busybox_root: Path) -> None:
+    limits = Limits(memory="48M", pids=20, cpus=0.5)
+    if VERSION == "v2":
+        files = "/sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max /sys/fs/cgroup/cpu.max"
+        expected = [str(48 * MIB), "20", "50000", "100000"]
+    else:
+        files = "/sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max"
+        files += " /sys/fs/cgroup/cpu/cpu.cfs_quota_us"
+        expected = [str(48 * MIB), "20", "50000"]
+    result = Sandbox(busybox_root, limits=limits).run(
+        ["sh", "-c", f"cat {files}; mkdir /sys/fs/cgroup/x"], capture=True
+    )
+    assert (result.stdout or b"").decode().split() == expected
+    assert b"Read-only file system" in (result.stderr or b"")
 
 
 def test_cgroup_parent_option(busybox_root: Path) -> None:

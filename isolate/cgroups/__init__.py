@@ -18,13 +18,21 @@ V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "blki
 
 
 class Layout:
-    __slots__ = ("kind", "v2_mount", "v1_mounts", "v2_controllers")
+    __slots__ = ("kind", "v2_mount", "v1_mounts", "v2_controllers", "v1_options")
 
-    def __init__(self, kind: str, v2_mount: str, v1_mounts: dict[str, str], v2_controllers: set[str]) -> None:
+    def __init__(
+        self,
+        kind: str,
+        v2_mount: str,
+        v1_mounts: dict[str, str],
+        v2_controllers: set[str],
+        v1_options: dict[str, str] | None = None,
+    ) -> None:
         self.kind = kind
         self.v2_mount = v2_mount
-        self.v1_mounts = v1_mounts
+        self.v1_mounts = v1_mounts  # controller -> mount point
         self.v2_controllers = v2_controllers
+        self.v1_options = v1_options or {}  # mount point -> its controllers, e.g. "cpu,cpuacct"
 
 
 _layout: Layout | None = None
@@ -36,6 +44,7 @@ def layout(mountinfo: str = "/proc/self/mountinfo") -> Layout:
     if _layout is not None and mountinfo == "/proc/self/mountinfo":
         return _layout
     v1: dict[str, str] = {}
+    v1_options: dict[str, str] = {}
     v2 = ""
     with open(mountinfo) as f:
         for line in f:
@@ -47,9 +56,11 @@ def layout(mountinfo: str = "/proc/self/mountinfo") -> Layout:
             if fields[0] == "cgroup2" and not v2:
                 v2 = point
             elif fields[0] == "cgroup":
-                for opt in fields[2].split(","):
-                    if opt in V1_CONTROLLERS:
-                        v1.setdefault(opt, point)
+                names = [opt for opt in fields[2].split(",") if opt in V1_CONTROLLERS]
+                for name in names:
+                    v1.setdefault(name, point)
+                if names:
+                    v1_options.setdefault(point, ",".join(names))
     controllers: set[str] = set()
     if v2:
         try:
@@ -58,7 +69,7 @@ def layout(mountinfo: str = "/proc/self/mountinfo") -> Layout:
         except OSError:
             pass
     kind = "hybrid" if v1 and v2 else "v2" if v2 else "v1" if v1 else "none"
-    result = Layout(kind, v2, v1, controllers)
+    result = Layout(kind, v2, v1, controllers, v1_options)
     if mountinfo == "/proc/self/mountinfo":
         _layout = result
     return result
