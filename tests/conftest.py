@@ -46,12 +46,20 @@ def helper_sockets() -> set[int]:
     return {h.sock.fileno() for h in pool._idle} if pool is not None else set()
 
 
+# Made on first use and kept, like /run/runc: the tmpfs mount point and the lock directory.
+PERMANENT = ("mnt", "locks")
+
+
 def state_entries(state_dir: str = DEFAULT_STATE_DIR) -> set[str]:
+    """Everything in isolate's state directory but its two permanent, empty directories."""
     found: set[str] = set()
+    permanent = {os.path.join(state_dir, name) for name in PERMANENT}
     if os.path.isdir(state_dir):
         for dirpath, dirnames, filenames in os.walk(state_dir):
             for name in dirnames + filenames:
-                found.add(os.path.join(dirpath, name))
+                path = os.path.join(dirpath, name)
+                if path not in permanent:
+                    found.add(path)
     return found
 
 
