@@ -1,9 +1,9 @@
 """isolate: a minimal container runtime built from Linux isolation primitives.
 
-    >>> from isolate import Sandbox
-    >>> result = Sandbox().run(["sh", "-c", "echo $$"], capture=True)
-    >>> result.stdout
-    b'1\\n'
+    >>> from isolate import Sandbox, Limits
+    >>> result = Sandbox(limits=Limits(memory="64M", pids=32)).run(["sh", "-c", "echo $$"], capture=True)
+    >>> result.stdout, result.status, result.cgroup
+    (b'1\\n', 'ok', 'v1')
 
 Importing this package stays cheap: no click, psutil or cgroupspy here.
 """
@@ -18,11 +18,13 @@ from .errors import (
     NotRootError,
     SetupError,
 )
+from .limits import Limits
 from .result import RunResult
 from .sandbox import Sandbox
 
 __all__ = [
     "Sandbox",
+    "Limits",
     "RunResult",
     "Volume",
     "Tmpfs",
