@@ -11,13 +11,14 @@ def main() -> None:
         from .cli_options import fast_parse
 
         parsed = fast_parse(args[1:])
-        if parsed is not None and parsed[1]:
+        if parsed is not None and (parsed[1] or parsed[0].get("image")):
             from .cli_run import execute_run
 
             sys.exit(execute_run(parsed[0], parsed[1]))
     import click
 
     from .cli import cli
+    from .errors import IsolateError
 
     try:
         code = cli.main(args, prog_name="isolate", standalone_mode=False)
@@ -27,6 +28,13 @@ def main() -> None:
         # docker's contract: 125 when the runtime itself rejects the request (exit 2 is the
         # command's own "usage" status and must stay distinguishable).
         exc.show()
+        sys.exit(125)
+    except IsolateError as exc:
+        print(f"isolate: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except OSError as exc:  # e.g. a store on a read-only filesystem: one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"isolate: {exc.strerror or exc}{where}", file=sys.stderr)
         sys.exit(125)
     sys.exit(code if isinstance(code, int) else 0)
 

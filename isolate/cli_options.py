@@ -32,6 +32,12 @@ class Opt:
 
 RUN_OPTIONS = [
     Opt(("--rootfs",), "Root filesystem directory (read-only lower layer). Default: the built-in host image.", "DIR"),
+    Opt(
+        ("--image",),
+        "An image of the store as the root (see isolate image); its CMD runs when no command is given.",
+        "NAME",
+    ),
+    Opt(("--root",), "The image store's directory (default /var/lib/isolate, or $ISOLATE_ROOT).", "DIR"),
     Opt(("--layer",), "Extra lower layer on top of --rootfs; repeat, later ones on top.", "DIR", multiple=True),
     Opt(("--volume", "-v"), "Bind-mount a host path: HOST:CTR[:ro]. Repeatable.", "HOST:CTR[:ro]", multiple=True),
     Opt(

@@ -42,7 +42,7 @@ def execute_run(opts: dict[str, object], command: list[str]) -> int:
 
     result: RunResult
     try:
-        if not command:
+        if not command and not text("image"):
             raise ConfigError("no command given: isolate run [OPTIONS] -- CMD [ARGS...]")
         share = [ns.strip() for item in many("share") for ns in item.split(",") if ns.strip()]
         wall, cpu_time = text("wall_time"), text("time")
@@ -65,7 +65,7 @@ def execute_run(opts: dict[str, object], command: list[str]) -> int:
             read_only=bool(opts.get("read_only")),
             hostname=text("hostname"),
             env=parse_env(many("env")),
-            workdir=text("workdir") or "/",
+            workdir=text("workdir"),
             user=text("user"),
             net=text("net") or "none",
             share=share,
@@ -74,6 +74,8 @@ def execute_run(opts: dict[str, object], command: list[str]) -> int:
             limits=limits,
             cgroups=False if opts.get("no_cgroup") else None,
             cgroup_parent=text("cgroup_parent") or "isolate",
+            image=text("image"),
+            image_root=text("root"),
             spawn="direct",
         )
         result = sandbox.run(command, forward_signals=True)

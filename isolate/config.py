@@ -68,7 +68,7 @@ class SandboxConfig:
         read_only: bool = False,
         hostname: str | None = None,
         env: dict[str, str] | None = None,
-        workdir: str = "/",
+        workdir: str | None = None,
         user: tuple[int, int] | None = None,
         net: str = "none",
         share: frozenset[str] = frozenset(),
@@ -78,6 +78,8 @@ class SandboxConfig:
         limits: Limits | None = None,
         cgroups: bool | None = None,
         cgroup_parent: str = "isolate",
+        image: str | None = None,
+        image_root: str | None = None,
     ) -> None:
         self.rootfs = rootfs
         self.layers = layers or []
@@ -96,6 +98,8 @@ class SandboxConfig:
         self.limits = limits or Limits()
         self.cgroups = cgroups  # None: when the host has them; True: required; False: never
         self.cgroup_parent = cgroup_parent
+        self.image = image  # NAME[:TAG] or id in the image store
+        self.image_root = image_root  # the store's root (default /var/lib/isolate)
 
     def copy(self) -> SandboxConfig:
         new = SandboxConfig.__new__(SandboxConfig)
@@ -104,10 +108,12 @@ class SandboxConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for anything wrong that can be seen before touching the system."""
+        if self.rootfs is not None and self.image is not None:
+            raise ConfigError("--rootfs and --image exclude each other: the image is the root filesystem")
         if self.rootfs is not None:
             self.rootfs = _existing_dir(self.rootfs, "rootfs", "pass a directory holding a root filesystem")
-        elif self.layers:
-            raise ConfigError("--layer needs --rootfs: layers stack on a root filesystem directory")
+        elif self.layers and self.image is None:
+            raise ConfigError("--layer needs --rootfs or --image: layers stack on a root filesystem")
         self.layers = [_existing_dir(p, "layer", "pass a directory") for p in self.layers]
         for vol in self.volumes:
             if not os.path.exists(vol.source):
@@ -115,7 +121,8 @@ class SandboxConfig:
             _absolute(vol.target, "volume target")
         for tmp in self.tmpfs:
             _absolute(tmp.target, "--tmpfs path")
-        _absolute(self.workdir, "--workdir")
+        if self.workdir is not None:
+            _absolute(self.workdir, "--workdir")
         if self.mode not in MODES:
             raise ConfigError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}")
         if self.net not in ("none", "host"):

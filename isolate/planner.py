@@ -35,8 +35,8 @@ def clone_flags(config: SandboxConfig) -> int:
     return flags
 
 
-def default_env(config: SandboxConfig, hostname: str) -> dict[str, str]:
-    """docker's: PATH, HOSTNAME, HOME and TERM when the host has one; --env wins."""
+def default_env(config: SandboxConfig, hostname: str, image_env: dict[str, str] | None = None) -> dict[str, str]:
+    """docker's: PATH, HOSTNAME, HOME and TERM when the host has one; the image's Env, then --env."""
     env = {
         "PATH": DEFAULT_PATH,
         "HOSTNAME": hostname,
@@ -44,8 +44,43 @@ def default_env(config: SandboxConfig, hostname: str) -> dict[str, str]:
     }
     if "TERM" in os.environ:
         env["TERM"] = os.environ["TERM"]
+    env.update(image_env or {})
     env.update(config.env)
     return env
+
+
+class _ImageSettings:
+    __slots__ = ("lowers", "argv", "env", "workdir", "user")
+
+    def __init__(
+        self, lowers: list[str], argv: list[str], env: dict[str, str], workdir: str | None, user: tuple[int, int] | None
+    ) -> None:
+        self.lowers = lowers
+        self.argv = argv
+        self.env = env
+        self.workdir = workdir
+        self.user = user
+
+
+def _image_settings(config: SandboxConfig, argv: list[str]) -> _ImageSettings:
+    """An image's layers and the parts of its config a run uses (docker's rules)."""
+    from .errors import ConfigError
+    from .images import ImageStore
+    from .images.users import resolve_user
+
+    store = ImageStore(config.image_root)
+    image = store.get(config.image or "")
+    lowers = [store.layer_dir(d) for d in reversed(image.layers)]  # top first, as overlayfs wants
+    run = image.run_config
+    entrypoint = list(run.get("Entrypoint") or [])
+    command = argv or list(run.get("Cmd") or [])
+    if not entrypoint + command:
+        raise ConfigError(f"{config.image}: the image has no CMD or ENTRYPOINT; give the command to run")
+    env = dict(item.split("=", 1) for item in run.get("Env") or [] if "=" in item)
+    user = None
+    if run.get("User") and config.user is None:
+        user = resolve_user(run["User"], lowers)
+    return _ImageSettings(lowers, entrypoint + command, env, run.get("WorkingDir") or None, user)
 
 
 def cgroup_dirs(config: SandboxConfig, sandbox_id: str) -> tuple[str | None, dict[str, str]]:
@@ -93,14 +128,19 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
         steps.append(UnshareCgroupNamespace())
     steps.append(MakeMountsPrivate())
     steps += overlay.stage_steps(stage)
-    if config.rootfs is None:
+    image = _image_settings(config, list(argv)) if config.image is not None else None
+    host_image = config.rootfs is None and image is None
+    if host_image:
         skel = f"{stage}/skel"
         steps += rootfs.host_skeleton_steps(skel)
         lowers = [skel]
+    elif image is not None:
+        lowers = list(reversed(config.layers)) + image.lowers
+        argv = image.argv
     else:
-        lowers = list(reversed(config.layers)) + [config.rootfs]
+        lowers = list(reversed(config.layers)) + [config.rootfs]  # type: ignore[list-item]
     steps += overlay.overlay_steps(lowers, upper, work, root)
-    if config.rootfs is None:
+    if host_image:
         steps += rootfs.host_bind_steps()
     steps += mounts.proc_steps()
     steps += mounts.sys_steps()
@@ -116,12 +156,15 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
     if hostname:
         steps.append(SetHostname(hostname))
     steps.append(PivotRoot() if config.mode == "pivot_root" else Chroot())
-    steps.append(Chdir(config.workdir))
+    workdir = config.workdir or (image.workdir if image is not None else None) or "/"
+    steps.append(Chdir(workdir))
     if config.read_only:
         steps.append(RemountRootReadOnly())
     steps.append(NoNewPrivs())
-    if config.user is not None:
-        steps.append(SetUser(config.user[0], config.user[1], []))
+    user = config.user or (image.user if image is not None else None)
+    if user is not None:
+        steps.append(SetUser(user[0], user[1], []))
+    env = default_env(config, hostname or os.uname().nodename, image.env if image is not None else None)
     return Plan(
         sandbox_id=sandbox_id,
         clone_flags=flags,
@@ -129,7 +172,7 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
         root=root,
         steps=steps,
         argv=list(argv),
-        env=default_env(config, hostname or os.uname().nodename),
+        env=env,
         new_pid_ns=bool(flags & L.CLONE_NEWPID),
         keep_dirs=keep_dirs,
         work_dir_to_remove=work if config.keep else None,

@@ -58,7 +58,7 @@ class Sandbox:
         read_only: no writable root (writes fail with EROFS); /tmp and volumes stay writable.
         hostname: defaults to the sandbox id.
         env: variables added to the defaults (PATH, HOME, HOSTNAME, TERM).
-        workdir: absolute path inside the sandbox, created when missing.
+        workdir: absolute path inside the sandbox, created when missing (default: the image's, or /).
         user: ``uid``, ``(uid, gid)`` or ``"UID[:GID]"``.
         net: ``"none"`` (own network namespace with only loopback) or ``"host"``.
         share: host namespaces to keep, among pid, net, uts, ipc.
@@ -69,6 +69,9 @@ class Sandbox:
         cgroups: ``None`` (default) accounts every run in a cgroup when the host has them;
             ``True`` requires one; ``False`` runs without (no limits, no accounting).
         cgroup_parent: the cgroup, below each hierarchy's root, that holds isolate's sandboxes.
+        image: an image of the store (``NAME[:TAG]`` or id) as the root: its layers become the
+            overlay's lower layers, and its config supplies env, entrypoint/cmd, workdir and user.
+        image_root: the image store's root (default /var/lib/isolate, or $ISOLATE_ROOT).
         spawn: ``"auto"``, ``"direct"`` (clone from this process) or ``"helper"`` (a small
             pre-started process clones, so the cost does not grow with this process's memory).
     """
@@ -83,7 +86,7 @@ class Sandbox:
         read_only: bool = False,
         hostname: str | None = None,
         env: Mapping[str, str] | None = None,
-        workdir: str = "/",
+        workdir: str | None = None,
         user: int | tuple[int, int] | str | None = None,
         net: str = "none",
         share: Iterable[str] = (),
@@ -93,6 +96,8 @@ class Sandbox:
         limits: Limits | None = None,
         cgroups: bool | None = None,
         cgroup_parent: str = "isolate",
+        image: str | None = None,
+        image_root: str | None = None,
         spawn: str = "auto",
     ) -> None:
         if isinstance(user, str):
@@ -116,6 +121,8 @@ class Sandbox:
             limits=limits,
             cgroups=cgroups,
             cgroup_parent=cgroup_parent,
+            image=image,
+            image_root=image_root,
         )
         if state_dir is not None:
             self.config.state_dir = state_dir
@@ -153,7 +160,7 @@ class Sandbox:
         Raises :class:`~isolate.errors.IsolateError` subclasses when the sandbox could not
         be built or the command not executed; nothing is left behind then.
         """
-        if not argv:
+        if not argv and self.config.image is None:
             raise ConfigError("no command given: pass the command to run after --")
         if os.geteuid() != 0:
             raise NotRootError("must run as root (sudo isolate ...); rootless runs come with user namespaces")

@@ -1,0 +1,42 @@
+"""An image's USER ("name", "uid", "name:group", "uid:gid") as numbers, from the image's own files."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import ConfigError
+
+
+def _lookup(lowers: list[str], filename: str, name: str) -> tuple[int, int] | None:
+    """(id, group id) of ``name`` in the topmost layer's /etc/passwd or /etc/group."""
+    for layer in lowers:  # top first: the first layer that has the file wins
+        path = os.path.join(layer, "etc", filename)
+        if os.path.isfile(path) and not os.path.islink(path):
+            with open(path, errors="replace") as f:
+                for line in f:
+                    fields = line.rstrip("\n").split(":")
+                    if len(fields) >= 4 and fields[0] == name:
+                        return int(fields[2]), int(fields[3]) if filename == "passwd" else int(fields[2])
+            return None
+    return None
+
+
+def resolve_user(spec: str, lowers: list[str]) -> tuple[int, int]:
+    user, _, group = spec.partition(":")
+    if user.isdigit():
+        uid, gid = int(user), int(user)
+        found = None
+    else:
+        found = _lookup(lowers, "passwd", user)
+        if found is None:
+            raise ConfigError(f"image user {user!r} is not in the image's /etc/passwd; run with --user UID[:GID]")
+        uid, gid = found
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            grp = _lookup(lowers, "group", group)
+            if grp is None:
+                raise ConfigError(f"image group {group!r} is not in the image's /etc/group; run with --user UID:GID")
+            gid = grp[0]
+    return uid, gid
