@@ -50,11 +50,18 @@ def default_env(config: SandboxConfig, hostname: str, image_env: dict[str, str] 
 
 
 class _ImageSettings:
-    __slots__ = ("lowers", "argv", "env", "workdir", "user")
+    __slots__ = ("lowers", "argv", "env", "workdir", "user", "locks")
 
     def __init__(
-        self, lowers: list[str], argv: list[str], env: dict[str, str], workdir: str | None, user: tuple[int, int] | None
+        self,
+        lowers: list[str],
+        argv: list[str],
+        env: dict[str, str],
+        workdir: str | None,
+        user: tuple[int, int] | None,
+        locks: list[str],
     ) -> None:
+        self.locks = locks
         self.lowers = lowers
         self.argv = argv
         self.env = env
@@ -80,7 +87,8 @@ def _image_settings(config: SandboxConfig, argv: list[str]) -> _ImageSettings:
     user = None
     if run.get("User") and config.user is None:
         user = resolve_user(run["User"], lowers)
-    return _ImageSettings(lowers, entrypoint + command, env, run.get("WorkingDir") or None, user)
+    locks = store.layer_lock_files(image.layers)
+    return _ImageSettings(lowers, entrypoint + command, env, run.get("WorkingDir") or None, user, locks)
 
 
 def cgroup_dirs(config: SandboxConfig, sandbox_id: str) -> tuple[str | None, dict[str, str]]:
@@ -183,4 +191,5 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
         limits=config.limits,
         share_pid="pid" in config.shared,
         state_dir=config.state_dir,
+        layer_locks=image.locks if image is not None else None,
     )

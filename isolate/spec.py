@@ -450,6 +450,7 @@ class Plan:
         "limits",
         "share_pid",
         "state_dir",
+        "layer_locks",
     )
 
     def __init__(
@@ -471,6 +472,7 @@ class Plan:
         limits: Any = None,
         share_pid: bool = False,
         state_dir: str = "/run/isolate",
+        layer_locks: list[str] | None = None,
     ) -> None:
         self.sandbox_id = sandbox_id
         self.clone_flags = clone_flags
@@ -489,6 +491,7 @@ class Plan:
         self.limits = limits  # isolate.limits.Limits
         self.share_pid = share_pid
         self.state_dir = state_dir
+        self.layer_locks = layer_locks or []  # image layers in use: held shared for the sandbox's life
 
     def shell(self) -> list[str]:
         """The steps as shell commands, in order, for ``--explain``."""

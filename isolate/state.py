@@ -49,3 +49,22 @@ def is_held(state_dir: str, sandbox_id: str) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def hold_shared(paths: list[str]) -> list[int]:
+    """Shared locks on image layers in use: ``isolate image rm`` and ``prune`` skip those layers."""
+    fds: list[int] = []
+    try:
+        for path in paths:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fds.append(fd)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        close_all(fds)
+        raise
+    return fds
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)

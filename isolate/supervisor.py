@@ -20,7 +20,7 @@ class Supervisor:
     """Starts sandboxes as its own children, reaps them and removes what they left on the host."""
 
     def __init__(self) -> None:
-        self._running: dict[int, tuple[Plan, int, Cgroup | None, int]] = {}
+        self._running: dict[int, tuple[Plan, int, Cgroup | None, int, list[int]]] = {}
 
     def start(self, plan: Plan, stdio: tuple[int, int, int]) -> tuple[int, int]:
         """(pid, pidfd) of the sandbox's first process; on failure nothing is left behind.
@@ -30,6 +30,7 @@ class Supervisor:
         """
         lock = state.hold(plan.state_dir, plan.sandbox_id) if plan.cgroup_version else -1
         group = None
+        layer_fds = state.hold_shared(plan.layer_locks)
         try:
             group = _create_cgroup(plan)
             spawn.prepare(plan)
@@ -44,14 +45,15 @@ class Supervisor:
                 group.remove()
             if lock >= 0:
                 state.release(plan.state_dir, plan.sandbox_id, lock)
+            state.close_all(layer_fds)
             raise
         pidfd = os.pidfd_open(pid)
-        self._running[pid] = (plan, pidfd, group, lock)
+        self._running[pid] = (plan, pidfd, group, lock, layer_fds)
         return pid, os.dup(pidfd)
 
     def finish(self, pid: int) -> Finished:
         """Block until the sandbox ended; read its accounting, then remove what it left."""
-        plan, pidfd, group, lock = self._running.pop(pid)
+        plan, pidfd, group, lock, layer_fds = self._running.pop(pid)
         stats = None
         try:
             status, utime, stime = spawn.reap(pid)
@@ -70,11 +72,12 @@ class Supervisor:
                 spawn.cleanup(plan, failed=False)
                 if lock >= 0:
                     state.release(plan.state_dir, plan.sandbox_id, lock)
+                state.close_all(layer_fds)
         return status, utime, stime, stats
 
     def kill_all(self) -> None:
         """End and reap every sandbox still running (the caller went away)."""
-        for pid, (_, pidfd, _group, _lock) in list(self._running.items()):
+        for pid, (_, pidfd, *_rest) in list(self._running.items()):
             try:
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             except ProcessLookupError:

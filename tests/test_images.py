@@ -196,3 +196,64 @@ def test_prune(store: ImageStore, tmp_path: Path) -> None:
     store.remove("other:latest")
     assert os.listdir(os.path.join(store.root, "layers")) == []
     assert store.prune() == []
+
+
+def test_layers_in_use_survive_rm(store: ImageStore, busybox_root: Path) -> None:
+    import_path(store, _tar(busybox_root), name="busy")
+    layer = store.layer_dir(store.get("busy").layers[0])
+    started = threading.Event()
+
+    def run() -> None:
+        box = Sandbox(image="busy", image_root=store.root)
+        started.set()
+        box.run(["sh", "-c", "sleep 0.5; ls /bin/busybox"], capture=True)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    started.wait()
+    import time
+
+    time.sleep(0.25)  # the sandbox is running on the layer
+    assert store.remove("busy") == []  # the name goes, the layer stays while in use
+    assert os.path.isdir(layer)
+    worker.join()
+    assert store.prune() == [f"layer sha256:{os.path.basename(os.path.dirname(layer))}"]
+    assert not os.path.exists(layer)
+
+
+def _tar(root: Path) -> str:
+    out = Path(str(root) + ".tar")
+    if not out.exists():
+        subprocess.run(["tar", "-cf", str(out), "-C", str(root), "."], check=True)
+    return str(out)
+
+
+def test_progress_bar_on_a_terminal_only(store: ImageStore, busybox_root: Path) -> None:
+    import pty
+
+    from conftest import ISOLATE_BIN
+
+    tarball = _tar(busybox_root)
+    quiet = cli("image", "--root", store.root, "import", tarball, "--name", "q")
+    assert quiet.returncode == 0 and quiet.stderr == b""
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.run([ISOLATE_BIN, "image", "--root", store.root, "import", tarball, "--name", "t"],
+                              stdout=subprocess.PIPE, stderr=secondary, timeout=60)  # fmt: skip
+        os.close(secondary)
+        secondary = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(primary)
+        if secondary >= 0:
+            os.close(secondary)
+    assert proc.returncode == 0
+    assert b"rootfs" in shown and b"100%" in shown

@@ -276,13 +276,33 @@ class ImageStore:
             for entry in sorted(os.listdir(layers_dir)):
                 diff_id = f"sha256:{entry}"
                 if diff_id not in used:
-                    with self._lock(f"layer-{entry}"):
+                    fd = self._try_exclusive(f"layer-{entry}")
+                    if fd is None:
+                        continue  # a running sandbox holds it (shared lock): prune frees it later
+                    try:
                         # Move it out of layers/ first: a half-deleted layer must never be used.
                         doomed = os.path.join(self.tmp_dir(), "root")
                         os.rename(os.path.join(layers_dir, entry), doomed)
                         shutil.rmtree(os.path.dirname(doomed), ignore_errors=True)
+                    finally:
+                        os.close(fd)
                     freed.append(diff_id)
         return freed
+
+    def _try_exclusive(self, name: str) -> int | None:
+        locks = os.path.join(self.root, "locks")
+        os.makedirs(locks, 0o700, exist_ok=True)
+        fd = os.open(os.path.join(locks, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def layer_lock_files(self, diff_ids: list[str]) -> list[str]:
+        """Lock files a sandbox holds shared while it uses these layers (see _drop_unused_layers)."""
+        return [os.path.join(self.root, "locks", f"layer-{hex_of(d)}") for d in diff_ids]
 
     def disk_usage(self, diff_id: str) -> int:
         return int(self.layer_meta(diff_id).get("size", 0))

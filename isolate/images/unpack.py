@@ -271,6 +271,23 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
     return records
 
 
+def _chmod_bits(root: int) -> int:
+    """The mode bits a file made by ``open(O_CREAT, mode)`` may lack, which need an fchmod.
+
+    The special bits (open ignores them) and the umask's; all bits when the umask is unknown
+    or ``dest`` has a default ACL (which replaces the umask).  The umask is read once: an
+    unpack assumes nobody changes it meanwhile.
+    """
+    try:
+        with open("/proc/self/status", "rb") as f:
+            umask = next((int(line.split()[1], 8) for line in f if line.startswith(b"Umask:")), None)
+        if umask is None or "system.posix_acl_default" in os.listxattr(root):
+            return 0o7777
+    except (OSError, ValueError, IndexError):
+        return 0o7777
+    return 0o7000 | umask
+
+
 class _Unpacker:
     """The state of one unpack: the input buffer, the descriptor cache, the deferred directory times."""
 
@@ -295,6 +312,11 @@ class _Unpacker:
         self.stopping = False
         self.eof = False
         self.errors: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError)
+        self.uid, self.gid = os.geteuid(), os.getegid()  # the owner of the files we make
+        self.setgid_dirs: set[bytes] = set()  # directories whose new files take the directory's group
+        if os.fstat(root).st_mode & stat.S_ISGID:
+            self.setgid_dirs.add(b"")
+        self.chmod_bits = _chmod_bits(root)
 
     # ------------------------------------------------------------------ input
     def open_source(self, raw: _RawReader, diff_algo: str, progress: Callable[[int], None] | None) -> None:
@@ -643,6 +665,7 @@ class _Unpacker:
                 os.mkdir(part, 0o755, dir_fd=fd)
                 new = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 os.fchmod(new, 0o755)  # whatever the umask
+                self.setgid_dirs.discard(path)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise self._refuse(
@@ -668,6 +691,7 @@ class _Unpacker:
             os.close(self.dirs.pop(k))
         for k in [k for k in self.times if k == key or k.startswith(under)]:
             del self.times[k]
+        self.setgid_dirs = {k for k in self.setgid_dirs if k != key and not k.startswith(under)}
 
     def _clear(self, parent: int, base: bytes, key: bytes) -> None:
         """Remove what is at ``base`` in ``parent`` (inside dest) so a new entry can take its place."""
@@ -685,6 +709,8 @@ class _Unpacker:
         for key, value in xattrs.items():
             if key.startswith(_FORGED_XATTRS):
                 continue
+            if key == b"system.posix_acl_default":  # new files' modes now depend on it, not the umask
+                self.chmod_bits = 0o7777
             try:
                 os.setxattr(target, key, value, follow_symlinks=follow)
             except OSError as exc:
@@ -709,14 +735,18 @@ class _Unpacker:
             if parent is None:
                 parent = self._dir(parent_key)
             try:
-                fd = os.open(base, _FILE_FLAGS, 0o600, dir_fd=parent)
+                fd = os.open(base, _FILE_FLAGS, mode & 0o777, dir_fd=parent)
             except FileExistsError:
                 self._clear(parent, base, key)
-                fd = os.open(base, _FILE_FLAGS, 0o600, dir_fd=parent)
+                fd = os.open(base, _FILE_FLAGS, mode & 0o777, dir_fd=parent)
             if size:
                 self._copy(fd, size)
-            os.fchown(fd, uid, gid)  # before chmod: chown clears setuid and setgid
-            os.fchmod(fd, mode)
+            # Two syscalls saved on most files: a new file already has our ids (unless its
+            # directory is setgid) and its mode (unless the umask took bits, or it is special).
+            if uid != self.uid or gid != self.gid or parent_key in self.setgid_dirs:
+                os.fchown(fd, uid, gid)  # before chmod: chown clears setuid and setgid
+            if mode & self.chmod_bits:
+                os.fchmod(fd, mode)
             if xattrs:
                 self._xattrs(fd, xattrs)  # after chown, which drops security.capability
             os.utime(fd, ns=(mtime, mtime))
@@ -836,6 +866,10 @@ class _Unpacker:
             fd = self.root
         os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
+        if mode & stat.S_ISGID:
+            self.setgid_dirs.add(key)
+        else:
+            self.setgid_dirs.discard(key)
         if xattrs:
             self._xattrs(fd, xattrs)
         self.times[key] = mtime
