@@ -15,6 +15,7 @@ import lzma
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import tarfile
 from collections.abc import Callable, Iterator
@@ -150,6 +151,40 @@ def test_pax_details(tmp_path: Path) -> None:
     assert os.getxattr(dest / "fake-opaque", "user.ok") == b"1"
     assert "trusted.overlay.opaque" not in os.listxattr(dest / "fake-opaque")
     assert (dest / "frac").stat().st_uid == 0
+
+
+def posix_acl(*entries: tuple[int, int]) -> str:
+    """A system.posix_acl_* xattr value (tag, permissions), as tarfile's pax headers want it."""
+    data = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF) for tag, perm in entries)
+    return data.decode("utf-8", "surrogateescape")
+
+
+def test_modes_and_groups_whatever_the_umask_setgid_and_default_acls(tmp_path: Path) -> None:
+    members = [
+        entry("plain", data=b"x", mode=0o664),
+        entry("shared", tarfile.DIRTYPE, mode=0o2775, gid=4321),
+        entry("shared/root-owned", data=b"x", uid=0, gid=0),  # not the directory's group
+        entry("shared/sub", tarfile.DIRTYPE, mode=0o755),
+        entry("shared/sub/f", data=b"x"),
+        entry(
+            "acl",
+            tarfile.DIRTYPE,
+            pax_headers={"SCHILY.xattr.system.posix_acl_default": posix_acl((1, 7), (4, 0), (0x20, 0))},
+        ),
+        entry("acl/f", data=b"x", mode=0o644),  # the default ACL alone would make it 0600
+    ]
+    old = os.umask(0o022)  # takes 0o020 from "plain"; the default ACL replaces it in acl/
+    try:
+        unpack(make_tar(members), tmp_path / "dest")
+    finally:
+        os.umask(old)
+    dest = tmp_path / "dest"
+    assert stat.S_IMODE((dest / "plain").stat().st_mode) == 0o664
+    assert (dest / "shared").stat().st_gid == 4321
+    assert (dest / "shared" / "root-owned").stat().st_gid == 0
+    assert (dest / "shared" / "sub" / "f").stat().st_gid == 0
+    assert "system.posix_acl_default" in os.listxattr(dest / "acl")
+    assert stat.S_IMODE((dest / "acl" / "f").stat().st_mode) == 0o644
 
 
 def test_deep_and_wide_trees(tmp_path: Path) -> None:
@@ -344,6 +379,14 @@ def test_zstd_without_the_module_says_how_to_get_it(tmp_path: Path) -> None:
         unpack(b"\x28\xb5\x2f\xfd" + os.urandom(100), tmp_path / "dest")
 
 
+def test_zstd_with_the_module(tmp_path: Path) -> None:
+    zstandard = pytest.importorskip("zstandard")
+    tar = make_tar([entry("f", data=os.urandom(CHUNK + 10)), entry("g", data=b"g")])
+    blob = zstandard.ZstdCompressor().compress(tar[:1000]) + zstandard.ZstdCompressor().compress(tar[1000:])
+    info = unpack(blob, tmp_path / "dest")  # two frames, as a parallel compressor writes
+    assert (info.digest, info.diff_id, info.entries) == (sha256(blob), sha256(tar), 2)
+
+
 def test_the_stream_is_read_in_bounded_pieces(tmp_path: Path) -> None:
     sizes: list[int] = []
 
@@ -436,6 +479,24 @@ HOSTILE: dict[str, tuple[Callable[[Path], bytes], str]] = {
             [entry("s", tarfile.SYMTYPE, linkname=str(v)), entry("l", tarfile.LNKTYPE, linkname="s/canary")]
         ),
         "l",
+    ),
+    "hardlink-into-symlink": (
+        lambda v: make_tar(
+            [
+                entry("f", data=b"f"),
+                entry("s", tarfile.SYMTYPE, linkname=str(v)),
+                entry("s/l", tarfile.LNKTYPE, linkname="f"),
+            ]
+        ),
+        "s/l",
+    ),
+    "hardlink-to-dir": (
+        lambda v: make_tar([entry("d", tarfile.DIRTYPE), entry("l", tarfile.LNKTYPE, linkname="d")]),
+        "l",
+    ),
+    "root-as-symlink": (
+        lambda v: make_tar([entry("./", tarfile.SYMTYPE, linkname=str(v)), entry("x", data=b"pwned")]),
+        "./",
     ),
     "hardlink-to-missing": (lambda v: make_tar([entry("l", tarfile.LNKTYPE, linkname="nothing")]), "l"),
     "hardlink-to-later": (

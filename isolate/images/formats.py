@@ -153,6 +153,13 @@ def import_path(store: ImageStore, path: str, name: str | None = None, progress:
         source.close()
 
 
+def _json(source: _Source, name: str, path: str) -> Any:
+    try:
+        return json.loads(source.read(name))
+    except json.JSONDecodeError as exc:
+        raise ImageError(f"{path}: {name} is not JSON ({exc})") from None
+
+
 def _verified(source: _Source, digest: str, what: str) -> bytes:
     data = source.read(f"blobs/sha256/{hex_of(digest)}")
     if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
@@ -194,10 +201,7 @@ def _tag_of(name: str) -> str:
 def _import_oci(
     store: ImageStore, source: _Source, path: str, name: str | None, progress: Progress | None
 ) -> list[Image]:
-    try:
-        index = json.loads(source.read("index.json"))
-    except json.JSONDecodeError as exc:
-        raise ImageError(f"{path}: index.json is not JSON ({exc})") from None
+    index = _json(source, "index.json", path)
     descriptor = _pick_manifest(source, index, name)
     manifest = json.loads(_verified(source, descriptor["digest"], "manifest"))
     config_raw = _verified(source, manifest["config"]["digest"], "config")
@@ -225,10 +229,7 @@ def _import_oci(
 def _import_docker(
     store: ImageStore, source: _Source, path: str, name: str | None, progress: Progress | None
 ) -> list[Image]:
-    try:
-        entries = json.loads(source.read("manifest.json"))
-    except json.JSONDecodeError as exc:
-        raise ImageError(f"{path}: manifest.json is not JSON ({exc})") from None
+    entries = _json(source, "manifest.json", path)
     if name and len(entries) > 1:
         raise ImageError(f"{path}: holds {len(entries)} images; --name can name only one")
     images = []

@@ -611,17 +611,16 @@ class _Unpacker:
 
         With ``link`` the name is the target of that hard link entry, for the messages.
         """
-        if name[:2] == b"./":
-            name = name[2:]
+        short = name[2:] if name[:2] == b"./" else name
         if (  # the common case: nothing to clean
-            name[:1] not in b"/."
-            and b"/." not in name
-            and b"//" not in name
-            and name[-1:] != b"/"
-            and b"\0" not in name
-            and len(name) < PATH_MAX
+            short[:1] not in b"/."
+            and b"/." not in short
+            and b"//" not in short
+            and short[-1:] != b"/"
+            and b"\0" not in short
+            and len(short) < PATH_MAX
         ):
-            return name
+            return short
         what = "has a name that" if link is None else f"is a hard link to '{_show(link)}', which"
         if b"\0" in name:
             raise self._refuse(f"{what} contains a NUL byte")
@@ -657,6 +656,7 @@ class _Unpacker:
         path = base
         for part in (key[len(base) + 1 :] if base else key).split(b"/"):
             path = path + b"/" + part if path else part
+            made = False
             try:
                 new = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
@@ -664,8 +664,7 @@ class _Unpacker:
                     raise
                 os.mkdir(part, 0o755, dir_fd=fd)
                 new = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                os.fchmod(new, 0o755)  # whatever the umask
-                self.setgid_dirs.discard(path)
+                made = True
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise self._refuse(
@@ -676,6 +675,9 @@ class _Unpacker:
             if len(self.dirs) >= 4 * _FD_CACHE:  # a very deep path: keep only the way down
                 self._close_dirs()
             self.dirs[path] = fd = new
+            if made:  # a parent with no entry of its own (yet)
+                os.fchmod(new, 0o755)  # whatever the umask
+                self.setgid_dirs.discard(path)
         return fd
 
     def _close_dirs(self) -> None:
