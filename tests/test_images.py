@@ -257,3 +257,13 @@ def test_progress_bar_on_a_terminal_only(store: ImageStore, busybox_root: Path) 
             os.close(secondary)
     assert proc.returncode == 0
     assert b"rootfs" in shown and b"100%" in shown
+
+
+def test_malformed_manifest_is_one_clear_error(store: ImageStore, tmp_path: Path) -> None:
+    make_layout(tmp_path / "oci", [{"a": "1\n"}])
+    index = json.loads((tmp_path / "oci" / "index.json").read_text())
+    del index["manifests"][0]["digest"]
+    (tmp_path / "oci" / "index.json").write_text(json.dumps(index))
+    proc = cli("image", "--root", store.root, "import", str(tmp_path / "oci"))
+    assert proc.returncode == 125 and proc.stderr.count(b"\n") == 1
+    assert b"malformed oci-dir (KeyError: 'digest')" in proc.stderr

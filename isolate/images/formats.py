@@ -149,6 +149,11 @@ def import_path(store: ImageStore, path: str, name: str | None = None, progress:
         if kind == "docker-archive":
             return _import_docker(store, source, path, name, progress)
         return _import_oci(store, source, path, name, progress)
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        # A manifest, index or config missing a field or holding the wrong type.
+        raise ImageError(
+            f"{path}: malformed {kind} ({type(exc).__name__}: {exc}); not an image isolate can read"
+        ) from None
     finally:
         source.close()
 

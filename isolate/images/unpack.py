@@ -311,6 +311,7 @@ class _Unpacker:
         self.thread: threading.Thread | None = None
         self.stopping = False
         self.eof = False
+        self.empty: type[Exception] = Exception  # queue.Empty, once the thread starts
         self.errors: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError)
         self.uid, self.gid = os.geteuid(), os.getegid()  # the owner of the files we make
         self.setgid_dirs: set[bytes] = set()  # directories whose new files take the directory's group
@@ -366,6 +367,8 @@ class _Unpacker:
         import queue
         import threading
 
+        self.empty = queue.Empty
+
         self.queue = queue.Queue(_QUEUE)
         self.thread = threading.Thread(target=self._produce, name="isolate-unpack", daemon=True)
         self.thread.start()
@@ -400,8 +403,14 @@ class _Unpacker:
         """The next piece of the tar stream (b"" at its end), hashed by the reading thread."""
         if self.eof:
             return b""
-        assert self.queue is not None and self.raw is not None
-        item = self.queue.get()
+        assert self.queue is not None and self.raw is not None and self.thread is not None
+        while True:
+            try:
+                item = self.queue.get(timeout=1)
+                break
+            except self.empty:
+                if not self.thread.is_alive() and self.queue.empty():
+                    raise ImageError(f"{self.label}: the thread reading the layer ended unexpectedly") from None
         if self.progress is not None and self.raw.size - self.reported >= CHUNK:
             self.reported = self.raw.size
             self.progress(self.reported)
