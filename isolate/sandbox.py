@@ -185,6 +185,44 @@ class Sandbox:
         return helper, helper
 
 
+def build_result(
+    plan: Plan,
+    status: int,
+    utime: float,
+    stime: float,
+    stats: dict[str, Any] | None,
+    wall: float,
+    stdout: bytes | None = None,
+    stderr: bytes | None = None,
+    timeout_reason: str | None = None,
+    emulated: int | None = None,
+    peak_seen: int | None = None,
+) -> RunResult:
+    """The RunResult of a finished sandbox, from its wait status and its cgroup's counters."""
+    state, code, sig = status_from_wait(status, timeout_reason is not None)
+    if sig == signal.SIGKILL and emulated:
+        sig, code = emulated, 128 + emulated
+    result = RunResult(
+        status=state,
+        exit_code=code,
+        signal=sig,
+        wall_time=wall,
+        user_time=utime,
+        system_time=stime,
+        sandbox_id=plan.sandbox_id,
+        upper_dir=plan.upper_dir,
+        stdout=stdout,
+        stderr=stderr,
+    )
+    if stats is not None:
+        if stats.get("memory_peak") is None and peak_seen is not None:
+            stats["memory_peak"] = peak_seen
+        result.add_cgroup_stats(plan.cgroup_version or "", stats, plan.limits)
+    if timeout_reason:
+        result.limits_hit.append(timeout_reason)
+    return result
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGESIZE")
@@ -270,28 +308,12 @@ class _Run:
                     pass
             if self.helper is not None and _pool is not None:
                 _pool.release(self.helper, healthy)
-        state, code, sig = status_from_wait(status, self.timeout_reason is not None)
-        if sig == signal.SIGKILL and self.emulated:
-            sig, code = self.emulated, 128 + self.emulated
-        result = RunResult(
-            status=state,
-            exit_code=code,
-            signal=sig,
-            wall_time=wall,
-            user_time=utime,
-            system_time=stime,
-            sandbox_id=self.plan.sandbox_id,
-            upper_dir=self.plan.upper_dir,
+        return build_result(
+            self.plan, status, utime, stime, stats, wall,
             stdout=out.get("stdout") if capture else None,
             stderr=out.get("stderr") if capture else None,
-        )
-        if stats is not None:
-            if stats.get("memory_peak") is None and self.peak_seen is not None:
-                stats["memory_peak"] = self.peak_seen
-            result.add_cgroup_stats(self.plan.cgroup_version or "", stats, self.plan.limits)
-        if self.timeout_reason:
-            result.limits_hit.append(self.timeout_reason)
-        return result
+            timeout_reason=self.timeout_reason, emulated=self.emulated, peak_seen=self.peak_seen,
+        )  # fmt: skip
 
     def _wait(
         self, pipes: dict[int, str], input: bytes | None, timeout: float | None, forward_signals: bool

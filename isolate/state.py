@@ -68,3 +68,70 @@ def hold_shared(paths: list[str]) -> list[int]:
 def close_all(fds: list[int]) -> None:
     for fd in fds:
         os.close(fd)
+
+
+# ---------------------------------------------------------------------- sandbox records
+# <state_dir>/sandboxes/<id>/state.json, written atomically (rename) under the records lock;
+# <state_dir>/sandboxes/<id>/log holds a detached sandbox's output.
+
+
+def sandboxes_dir(state_dir: str) -> str:
+    return os.path.join(state_dir, "sandboxes")
+
+
+def record_dir(state_dir: str, sandbox_id: str) -> str:
+    return os.path.join(sandboxes_dir(state_dir), sandbox_id)
+
+
+def write_record(state_dir: str, record: dict[str, object]) -> None:
+    import json
+
+    directory = record_dir(state_dir, str(record["id"]))
+    os.makedirs(directory, 0o700, exist_ok=True)
+    tmp = os.path.join(directory, f".state.json.{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(record, f, sort_keys=True)
+    os.rename(tmp, os.path.join(directory, "state.json"))
+
+
+def read_record(state_dir: str, sandbox_id: str) -> dict[str, object] | None:
+    import json
+
+    try:
+        with open(os.path.join(record_dir(state_dir, sandbox_id), "state.json")) as f:
+            return json.load(f)  # type: ignore[no-any-return]
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def all_records(state_dir: str) -> list[dict[str, object]]:
+    top = sandboxes_dir(state_dir)
+    records = []
+    if os.path.isdir(top):
+        for entry in sorted(os.listdir(top)):
+            record = read_record(state_dir, entry)
+            if record is not None:
+                records.append(record)
+    return sorted(records, key=lambda r: float(r.get("created", 0)))  # type: ignore[arg-type]
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: with the pid, it names one process for its whole life."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def is_alive(record: dict[str, object]) -> bool:
+    pid = record.get("pid")
+    return isinstance(pid, int) and pid > 0 and process_start_time(pid) == record.get("pid_start")
+
+
+def records_lock(state_dir: str) -> int:
+    """An exclusive lock over names: two `run -d --name web` at once cannot both get it."""
+    os.makedirs(state_dir, 0o700, exist_ok=True)
+    fd = os.open(os.path.join(state_dir, "records.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd

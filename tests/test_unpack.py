@@ -8,6 +8,7 @@ the defence cannot harm the host; each checks that nothing outside ``dest`` chan
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import hashlib
 import io
@@ -18,6 +19,8 @@ import stat
 import struct
 import subprocess
 import tarfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -398,6 +401,51 @@ def test_the_stream_is_read_in_bounded_pieces(tmp_path: Path) -> None:
     blob = gzip.compress(make_tar([entry("f", data=os.urandom(4 * CHUNK))]))
     unpack_layer(Recording(blob), str(tmp_path))
     assert sizes and all(0 < n <= CHUNK for n in sizes)
+
+
+class Boom(Exception):
+    pass
+
+
+def test_errors_on_either_side_stop_the_reading_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blob = gzip.compress(make_tar([entry("f", data=os.urandom(6 * CHUNK))]))
+    threads = threading.active_count()
+
+    class Failing(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            if self.tell() > 2 * CHUNK:
+                raise OSError(errno.ECONNRESET, "Connection reset by peer")
+            return super().read(n)
+
+    with pytest.raises(ImageError, match="corrupt or truncated layer .*Connection reset by peer"):
+        unpack_layer(Failing(blob), str(tmp_path))
+
+    reads_after: list[int] = []
+    done = False
+
+    class Watched(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            if done:
+                reads_after.append(-1 if n is None else n)
+            return super().read(n)
+
+    def progress(n: int) -> None:
+        raise Boom()
+
+    (tmp_path / "b").mkdir()
+    with pytest.raises(Boom):
+        unpack_layer(Watched(blob), str(tmp_path / "b"), progress=progress)
+    done = True
+    time.sleep(0.2)
+    assert reads_after == [] and threading.active_count() == threads
+
+    from isolate.images import unpack as module
+
+    monkeypatch.setattr(module._Unpacker, "_produce", lambda self: None)
+    (tmp_path / "c").mkdir()
+    with pytest.raises(ImageError, match="ended unexpectedly"):
+        unpack_layer(io.BytesIO(blob), str(tmp_path / "c"))
+    assert threading.active_count() == threads
 
 
 # ---------------------------------------------------------------------------- hostile layers
