@@ -171,3 +171,12 @@ def set_interface_up(name: str) -> None:
         _check(_libc.ioctl(fd, _SIOCSIFFLAGS, ctypes.byref(req)), "ioctl(SIOCSIFFLAGS)", name)
     finally:
         _libc.close(fd)
+
+
+_PR_SET_NAME = 15
+
+
+def prctl_set_name(name: bytes) -> None:
+    """The thread's name (comm): what ps and top show for it."""
+    buf = ctypes.create_string_buffer(name[:15])
+    _check(_libc.prctl(_PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0), "prctl(PR_SET_NAME)")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import _signal as signal  # not "signal": it imports enum, slow at start-up
 import errno
+import gc
 import os
 import select
 
 from . import _libc
 from .errors import CommandNotExecutableError, CommandNotFoundError, SetupError
-from .spec import Plan
+from .init import become_init
+from .spec import JoinCgroup, Plan, UnshareCgroupNamespace
 
 # Signals whose default action ends a process.  The kernel drops them for a pid
 # namespace's init unless it has a handler (pid_namespaces(7)).
@@ -129,6 +131,10 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int) -> Non
     what = "starting the sandbox"
     step = None
     try:
+        # The child shares the parent's memory copy-on-write; a garbage collection would
+        # write to every object it scans and copy those pages (megabytes for a long-lived
+        # init).  Nothing here lives long enough to need one.
+        gc.disable()
         os.close(errr)
         _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         # The parent may have died before prctl took effect; then nobody reads the pipe.
@@ -136,14 +142,28 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int) -> Non
         poller.register(errw, select.POLLOUT)
         if any(ev & select.POLLERR for _, ev in poller.poll(0)):
             os._exit(125)
+        first = 0
+        if plan.init:
+            # Join the cgroup (and its namespace) as PID 1, then leave the rest to a worker:
+            # see init.py for why the long-lived init must touch as little as possible.
+            while first < len(plan.steps) and isinstance(plan.steps[first], (JoinCgroup, UnshareCgroupNamespace)):
+                step = plan.steps[first]
+                step.apply(plan.root)
+                first += 1
+            step = None
+            worker = os.fork()
+            if worker != 0:
+                become_init(worker, errw)
         os.setsid()
         _setup_stdio(stdio)
+        if plan.tty:
+            _take_terminal()
         _libc.close_range_cloexec(3)
         os.set_inheritable(errw, False)
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        for step in plan.steps:
+        for step in plan.steps[first:]:
             step.apply(plan.root)
         step = None
         _exec(plan, errw)
@@ -153,6 +173,14 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int) -> Non
         _report(errw, what, exc)
     finally:
         os._exit(125)
+
+
+def _take_terminal() -> None:
+    """Make the terminal on fd 0 this session's controlling terminal (job control, Ctrl-C)."""
+    import fcntl
+    import termios
+
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def _setup_stdio(stdio: tuple[int, int, int]) -> None:
