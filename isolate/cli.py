@@ -203,3 +203,230 @@ def image_export(store: Any, name: str, out: str) -> None:
     from .images.export import export_oci
 
     click.echo(export_oci(store, name, out))
+
+
+def _state_dir() -> str:
+    import os
+
+    from .config import DEFAULT_STATE_DIR
+
+    return os.environ.get("ISOLATE_STATE_DIR", DEFAULT_STATE_DIR)
+
+
+def _uptime(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+@cli.command("ps")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Also stopped and dead sandboxes.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ps_command(show_all: bool, as_json: bool) -> None:
+    """List detached sandboxes: id, name, status, pid, image, limits, uptime, memory."""
+    import json
+    import time
+
+    from . import state
+    from .lifecycle import status_of
+    from .stats import memory_current
+
+    rows: list[dict[str, Any]] = []
+    for record in state.all_records(_state_dir()):
+        status = status_of(record)
+        if status not in ("running", "created") and not show_all:
+            continue
+        running = status == "running"
+        rows.append({
+            "id": record["id"], "name": record.get("name"), "status": status,
+            "pid": record.get("pid") if running else None,
+            "image": record.get("image") or record.get("rootfs"), "command": record.get("command"),
+            "limits": record.get("limits"), "exit_code": record.get("exit_code"),
+            "uptime": time.time() - float(record.get("started") or time.time()) if running else None,
+            "memory": memory_current(record) if running else None,
+        })  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    click.echo(f"{'ID':13} {'NAME':16} {'STATUS':12} {'PID':>7} {'IMAGE':18} {'UPTIME':>7} {'MEMORY':>9}  COMMAND")
+    for r in rows:
+        status = r["status"] if r["status"] != "stopped" else f"exited({r['exit_code']})"
+        memory = f"{r['memory'] / 1e6:.1f}MB" if r["memory"] is not None else "-"
+        click.echo(
+            f"{r['id']:13} {str(r['name'])[:16]:16} {status:12} {r['pid'] or '-':>7} {str(r['image'])[:18]:18} "
+            f"{_uptime(r['uptime']) if r['uptime'] is not None else '-':>7} {memory:>9}  {' '.join(r['command'] or [])}"
+        )
+
+
+@cli.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option("-i", "--interactive", is_flag=True, help="Pass stdin through (else /dev/null).")
+@click.option("-t", "--tty", is_flag=True, help="A pseudo-terminal (job control, window size).")
+@click.option("-e", "--env", multiple=True, metavar="K[=V]", help="Set a variable. Repeatable.")
+@click.option("-u", "--user", default=None, metavar="UID[:GID]", help="Run as this user.")
+@click.option("-w", "--workdir", default=None, metavar="PATH", help="Working directory inside.")
+@click.argument("name")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def exec_command(interactive: bool, tty: bool, env: tuple[str, ...], user: str | None, workdir: str | None,
+                 name: str, command: tuple[str, ...]) -> None:  # fmt: skip
+    """Run COMMAND inside running sandbox NAME: same namespaces, root, cgroup and limits."""
+    import os
+
+    from . import enter
+    from .config import parse_env, parse_user
+    from .lifecycle import find
+
+    record = find(_state_dir(), name)
+    launcher = enter.prepare(record, list(command), parse_env(list(env)), parse_user(user) if user else None,
+                             workdir, tty)  # fmt: skip
+    closers: list[int] = []
+    primary = -1
+    if tty:
+        from .terminal import open_pty
+
+        primary, secondary = open_pty()
+        closers.append(secondary)
+        stdio = (secondary, secondary, secondary)
+    else:
+        stdin = 0 if interactive else os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        if not interactive:
+            closers.append(stdin)
+        stdio = (stdin, 1, 2)
+    try:
+        child = launcher.start(stdio)
+    finally:
+        for fd in closers:
+            os.close(fd)
+    pidfd = os.pidfd_open(child)
+    try:
+        if primary >= 0:
+            from .terminal import interact
+
+            interact(primary, pidfd)
+        import signal as signal_module
+
+        def relay(sig: int, _frame: object) -> None:
+            os.kill(child, sig)
+
+        for sig in (signal_module.SIGTERM, signal_module.SIGINT, signal_module.SIGHUP):
+            signal_module.signal(sig, relay)
+        _, status = os.waitpid(child, 0)
+    finally:
+        os.close(pidfd)
+        if primary >= 0:
+            os.close(primary)
+    sys.exit(os.waitstatus_to_exitcode(status) % 256)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("signal_name", default="KILL", metavar="[SIGNAL]")
+def kill(name: str, signal_name: str) -> None:
+    """Send SIGNAL (default KILL) to sandbox NAME's PID 1."""
+    from .lifecycle import kill as kill_sandbox
+    from .lifecycle import parse_signal
+
+    kill_sandbox(_state_dir(), name, parse_signal(signal_name))
+
+
+@cli.command()
+@click.option("-t", "--time", "timeout", default=10.0, show_default=True, help="Seconds between TERM and KILL.")
+@click.argument("names", nargs=-1, required=True)
+def stop(timeout: float, names: tuple[str, ...]) -> None:
+    """Stop sandboxes: SIGTERM, then SIGKILL after --time seconds."""
+    from .lifecycle import stop as stop_sandbox
+
+    for name in names:
+        record = stop_sandbox(_state_dir(), name, timeout)
+        click.echo(f"{record['name']} exited {record.get('exit_code')}")
+
+
+@cli.command("rm")
+@click.option("-f", "--force", is_flag=True, help="Kill a running sandbox first.")
+@click.argument("names", nargs=-1, required=True)
+def rm_command(force: bool, names: tuple[str, ...]) -> None:
+    """Remove stopped sandboxes (their record and log)."""
+    from .lifecycle import remove
+
+    for name in names:
+        click.echo(remove(_state_dir(), name, force))
+
+
+@cli.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing what the sandbox writes until it stops.")
+@click.argument("name")
+def logs(follow: bool, name: str) -> None:
+    """Print what detached sandbox NAME wrote to stdout and stderr."""
+    import os
+    import time
+
+    from . import state
+    from .lifecycle import find, status_of
+
+    record = find(_state_dir(), name)
+    with open(str(record["log"]), "rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                os.write(1, chunk)
+                continue
+            if not follow:
+                return
+            current = state.read_record(_state_dir(), str(record["id"])) or record
+            if status_of(current) != "running":
+                rest = f.read()
+                if rest:
+                    os.write(1, rest)
+                return
+            time.sleep(0.1)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the run result as JSON.")
+@click.argument("name")
+def wait(as_json: bool, name: str) -> None:
+    """Wait until sandbox NAME stops; exit with its exit status."""
+    import json
+
+    from .lifecycle import wait as wait_sandbox
+
+    record = wait_sandbox(_state_dir(), name)
+    if as_json:
+        click.echo(json.dumps(record.get("result") or {}))
+    code = record.get("exit_code")
+    sys.exit(int(code) if isinstance(code, int) else 125)
+
+
+@cli.command()
+@click.option("--no-stream", is_flag=True, help="Print once and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (implies --no-stream).")
+@click.argument("name")
+def stats(no_stream: bool, as_json: bool, name: str) -> None:
+    """Live memory, CPU, pids and I/O of sandbox NAME, from its cgroup (and psutil per process)."""
+    import json
+    import time
+
+    from .lifecycle import find, status_of
+    from .stats import sample
+
+    record = find(_state_dir(), name)
+    previous = None
+    while True:
+        if status_of(record) != "running":
+            raise click.ClickException(f"{record['name']}: not running")
+        current = sample(record, previous)
+        if as_json:
+            click.echo(json.dumps(current, indent=1))
+            return
+        cpu = f"{current['cpu_percent']:.1f}%" if current["cpu_percent"] is not None else "-"
+        memory, peak = current["memory"] / 1e6, current["memory_peak"] / 1e6
+        click.echo(f"{record['name']}: memory {memory:.1f}MB (peak {peak:.1f}MB)"
+                   f"  cpu {current['cpu_seconds']:.2f}s {cpu}  pids {current['pids']}"
+                   f"  io read {current['io_read'] / 1e6:.1f}MB write {current['io_write'] / 1e6:.1f}MB")  # fmt: skip
+        for proc in current["processes"]:
+            click.echo(f"    {proc['pid']:>7} {proc['rss'] / 1e6:8.1f}MB  {proc['cmdline']}")
+        if no_stream:
+            return
+        previous = current
+        time.sleep(1)

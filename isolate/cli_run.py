@@ -78,7 +78,18 @@ def execute_run(opts: dict[str, object], command: list[str]) -> int:
             image_root=text("root"),
             spawn="direct",
         )
-        result = sandbox.run(command, forward_signals=True)
+        detach = bool(opts.get("detach"))
+        sandbox.config.init = bool(opts.get("init")) or (detach and not opts.get("no_init"))
+        if detach:
+            from .lifecycle import start_detached
+
+            if opts.get("tty"):
+                raise ConfigError("-d with -t: a detached sandbox has no terminal; drop -t (isolate logs shows output)")
+            print(start_detached(sandbox, command, text("name")))
+            return 0
+        if text("name"):
+            raise ConfigError("--name names a detached sandbox: add -d")
+        result = sandbox.run(command, forward_signals=True, tty=bool(opts.get("tty")))
     except IsolateError as exc:
         print(f"isolate: {exc}", file=sys.stderr)
         result = RunResult(status="isolate-error", exit_code=exc.exit_code, error=str(exc))

@@ -80,6 +80,7 @@ class SandboxConfig:
         cgroup_parent: str = "isolate",
         image: str | None = None,
         image_root: str | None = None,
+        init: bool = False,
     ) -> None:
         self.rootfs = rootfs
         self.layers = layers or []
@@ -100,6 +101,7 @@ class SandboxConfig:
         self.cgroup_parent = cgroup_parent
         self.image = image  # NAME[:TAG] or id in the image store
         self.image_root = image_root  # the store's root (default /var/lib/isolate)
+        self.init = init  # run isolate's init as PID 1 and the command as its child
 
     def copy(self) -> SandboxConfig:
         new = SandboxConfig.__new__(SandboxConfig)

@@ -13,9 +13,36 @@ from . import cgroups, state
 from .cgroups.base import DEFAULT_PARENT
 
 
+def collect_sandbox(state_dir: str, record: dict[str, object]) -> list[str]:
+    """Remove what a dead sandbox left: processes in its cgroup, the cgroup, its record."""
+    import shutil
+
+    removed = []
+    dirs = record.get("cgroup_dirs") or {}
+    if isinstance(dirs, dict) and dirs and not state.is_held(state_dir, str(record["id"])):
+        present = {k: str(v) for k, v in dirs.items() if os.path.isdir(str(v))}
+        if present:
+            group = cgroups.open_cgroup(str(record.get("cgroup_version") or "v1"), present)
+            group.kill_all()
+            group.remove()
+            removed += [f"cgroup {d}" for d in sorted(present.values())]
+    work = os.path.join(state_dir, str(record["id"]), "work")  # --keep's overlay work dir
+    if os.path.isdir(work):
+        shutil.rmtree(work, ignore_errors=True)
+        removed.append(f"work dir {work}")
+    shutil.rmtree(state.record_dir(state_dir, str(record["id"])), ignore_errors=True)
+    removed.append(f"sandbox {record['id']} ({record.get('name')}, dead)")
+    return removed
+
+
 def collect(state_dir: str, parent: str = DEFAULT_PARENT) -> list[str]:
     """Remove leftovers; returns a line for each thing removed."""
+    from .lifecycle import status_of
+
     removed: list[str] = []
+    for record in state.all_records(state_dir):
+        if status_of(record) == "dead":
+            removed += collect_sandbox(state_dir, record)
     lay = cgroups.layout()
     by_id: dict[str, dict[str, str]] = {}
     hierarchies = {name: mount for name, mount in lay.v1_mounts.items()}
@@ -36,6 +63,12 @@ def collect(state_dir: str, parent: str = DEFAULT_PARENT) -> list[str]:
         group.kill_all()
         group.remove()
         removed += [f"cgroup {d}" for d in sorted(dirs.values())]
+    from .lifecycle import monitor_alive
+    from .monitor import socket_path
+
+    if os.path.exists(socket_path(state_dir)) and not monitor_alive(state_dir):
+        os.unlink(socket_path(state_dir))  # its monitor was killed; the next `run -d` starts one
+        removed.append(f"socket {socket_path(state_dir)} (monitor gone)")
     locks = os.path.join(state_dir, "locks")
     if os.path.isdir(locks):
         for sandbox_id in os.listdir(locks):

@@ -192,4 +192,7 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
         share_pid="pid" in config.shared,
         state_dir=config.state_dir,
         layer_locks=image.locks if image is not None else None,
+        init=config.init,
+        workdir=workdir,
+        user=user,
     )

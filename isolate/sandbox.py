@@ -146,6 +146,7 @@ class Sandbox:
         stderr: int | IO[Any] | None = None,
         timeout: float | None = None,
         forward_signals: bool = False,
+        tty: bool = False,
     ) -> RunResult:
         """Run ``argv`` in a fresh sandbox and wait for it.
 
@@ -155,7 +156,8 @@ class Sandbox:
         ``Limits.wall_time`` does (the shorter wins); ``Limits.time`` does the same for the
         CPU time of the whole sandbox.
         ``forward_signals`` relays SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1/2 and SIGWINCH
-        to the command (main thread only; the CLI turns it on).
+        to the command (main thread only; the CLI turns it on).  ``tty`` gives the command a
+        pseudo-terminal relayed to this process's stdin and stdout (``isolate run -it``).
 
         Raises :class:`~isolate.errors.IsolateError` subclasses when the sandbox could not
         be built or the command not executed; nothing is left behind then.
@@ -168,6 +170,7 @@ class Sandbox:
         wall = self.config.limits.wall_time
         if wall is not None and (timeout is None or wall < timeout):
             timeout = wall
+        plan.tty = tty
         return _Run(plan, self._engine()).run(capture, input, stdin, stdout, stderr, timeout, forward_signals)
 
     def _engine(self) -> tuple[_Engine, Any]:
@@ -277,6 +280,13 @@ class _Run:
                         fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
                         child_fds.append(fd)
                     stdio.append(fd)
+            primary = -1
+            if self.plan.tty:
+                from .terminal import open_pty
+
+                primary, secondary = open_pty()
+                child_fds.append(secondary)
+                stdio = [secondary, secondary, secondary]
             started = time.monotonic()
             self.pid, self.pidfd = self.engine.start(self.plan, (stdio[0], stdio[1], stdio[2]))
             for fd in child_fds:
@@ -284,7 +294,19 @@ class _Run:
             child_fds = []
             finished = False
             try:
-                out = self._wait(parent_fds, input, timeout, forward_signals)
+                if primary >= 0:
+                    from .terminal import interact
+
+                    parent_fds[primary] = "tty"
+                    old_handlers = self._forward(forward_signals, skip=(signal.SIGWINCH, signal.SIGINT))
+                    try:
+                        interact(primary, self.pidfd)
+                    finally:
+                        for sig, handler in old_handlers.items():
+                            signal.signal(sig, handler)
+                    out = self._wait({}, None, timeout, False)
+                else:
+                    out = self._wait(parent_fds, input, timeout, forward_signals)
                 finished = True
             finally:
                 if not finished:  # interrupted: do not leave the sandbox running
@@ -401,7 +423,7 @@ class _Run:
         if self.plan.share_pid and self.group is not None:
             self.group.kill_all()
 
-    def _forward(self, enabled: bool) -> dict[int, Any]:
+    def _forward(self, enabled: bool, skip: tuple[int, ...] = ()) -> dict[int, Any]:
         if not enabled:
             return {}
 
@@ -415,7 +437,8 @@ class _Run:
         installed: dict[int, Any] = {}
         try:
             for sig in FORWARDED_SIGNALS:
-                installed[sig] = signal.signal(sig, relay)
+                if sig not in skip:
+                    installed[sig] = signal.signal(sig, relay)
         except ValueError:  # not the main thread: only it may handle signals (signal(2) in Python)
             for installed_sig, handler in installed.items():
                 signal.signal(installed_sig, handler)

@@ -451,6 +451,10 @@ class Plan:
         "share_pid",
         "state_dir",
         "layer_locks",
+        "init",
+        "workdir",
+        "user",
+        "tty",
     )
 
     def __init__(
@@ -473,6 +477,10 @@ class Plan:
         share_pid: bool = False,
         state_dir: str = "/run/isolate",
         layer_locks: list[str] | None = None,
+        init: bool = False,
+        workdir: str = "/",
+        user: tuple[int, int] | None = None,
+        tty: bool = False,
     ) -> None:
         self.sandbox_id = sandbox_id
         self.clone_flags = clone_flags
@@ -492,6 +500,10 @@ class Plan:
         self.share_pid = share_pid
         self.state_dir = state_dir
         self.layer_locks = layer_locks or []  # image layers in use: held shared for the sandbox's life
+        self.init = init  # PID 1 is isolate's init (reaps, forwards signals), the command is PID 2
+        self.workdir = workdir  # what the command starts in (for `isolate exec` too)
+        self.user = user
+        self.tty = tty  # stdio is a pty: the child makes it its controlling terminal
 
     def shell(self) -> list[str]:
         """The steps as shell commands, in order, for ``--explain``."""

@@ -12,6 +12,10 @@ import errno
 import fcntl
 import os
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 def lock_path(state_dir: str, sandbox_id: str) -> str:
     return os.path.join(state_dir, "locks", sandbox_id)
@@ -83,7 +87,7 @@ def record_dir(state_dir: str, sandbox_id: str) -> str:
     return os.path.join(sandboxes_dir(state_dir), sandbox_id)
 
 
-def write_record(state_dir: str, record: dict[str, object]) -> None:
+def write_record(state_dir: str, record: dict[str, Any]) -> None:
     import json
 
     directory = record_dir(state_dir, str(record["id"]))
@@ -94,7 +98,7 @@ def write_record(state_dir: str, record: dict[str, object]) -> None:
     os.rename(tmp, os.path.join(directory, "state.json"))
 
 
-def read_record(state_dir: str, sandbox_id: str) -> dict[str, object] | None:
+def read_record(state_dir: str, sandbox_id: str) -> dict[str, Any] | None:
     import json
 
     try:
@@ -104,7 +108,7 @@ def read_record(state_dir: str, sandbox_id: str) -> dict[str, object] | None:
         return None
 
 
-def all_records(state_dir: str) -> list[dict[str, object]]:
+def all_records(state_dir: str) -> list[dict[str, Any]]:
     top = sandboxes_dir(state_dir)
     records = []
     if os.path.isdir(top):
@@ -112,7 +116,7 @@ def all_records(state_dir: str) -> list[dict[str, object]]:
             record = read_record(state_dir, entry)
             if record is not None:
                 records.append(record)
-    return sorted(records, key=lambda r: float(r.get("created", 0)))  # type: ignore[arg-type]
+    return sorted(records, key=lambda r: float(r.get("created", 0)))
 
 
 def process_start_time(pid: int) -> int | None:
@@ -124,9 +128,16 @@ def process_start_time(pid: int) -> int | None:
         return None
 
 
-def is_alive(record: dict[str, object]) -> bool:
+def is_alive(record: dict[str, Any]) -> bool:
+    """The recorded process still runs (a zombie does not: its parent died and nobody reaped it yet)."""
     pid = record.get("pid")
-    return isinstance(pid, int) and pid > 0 and process_start_time(pid) == record.get("pid_start")
+    if not isinstance(pid, int) or pid <= 0 or process_start_time(pid) != record.get("pid_start"):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 def records_lock(state_dir: str) -> int:

@@ -47,7 +47,7 @@ def helper_sockets() -> set[int]:
 
 
 # Made on first use and kept, like /run/runc: the tmpfs mount point and the lock directory.
-PERMANENT = ("mnt", "locks")
+PERMANENT = ("mnt", "locks", "sandboxes", "records.lock", "monitor.lock", "monitor.log")
 
 
 def state_entries(state_dir: str = DEFAULT_STATE_DIR) -> set[str]:

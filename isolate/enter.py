@@ -1,0 +1,152 @@
+"""``isolate exec``: run a command inside a running sandbox (setns(2) into all its namespaces).
+
+The caller forks a child that joins the sandbox's cgroup, enters its cgroup, ipc, uts,
+net, pid and mount namespaces (setns into a mount namespace also moves the root and
+working directory to that namespace's root: the sandbox's, after its pivot_root), and
+forks once more, because a pid namespace applies only to the children of whoever entered
+it.  The grandchild takes the sandbox's working directory, no_new_privs, user and
+environment, and execs.  Nothing is imported after the setns calls: the host's Python
+library is not in the sandbox.
+"""
+
+from __future__ import annotations
+
+import _signal as signal
+import os
+
+from . import _libc, spawn, state
+from .errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+# Order matters: the mount namespace last (the paths above are the host's until then).
+NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
+
+
+class _Target:
+    """What spawn._exec needs: the command and its environment."""
+
+    __slots__ = ("argv", "env")
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.argv = argv
+        self.env = env
+
+
+def prepare(record: dict[str, Any], argv: list[str], env: dict[str, str] | None = None,
+            user: tuple[int, int] | None = None, workdir: str | None = None, tty: bool = False) -> Any:  # fmt: skip
+    """Open the sandbox's namespaces now, while its pid is known to be it; returns a launcher."""
+    from .lifecycle import status_of
+
+    if status_of(record) != "running":
+        raise ConfigError(f"{record['name']}: cannot exec: the sandbox is {status_of(record)}")
+    if not argv:
+        raise ConfigError("no command given: isolate exec NAME CMD [ARGS...]")
+    pid = int(record["pid"])
+    fds: list[int] = []
+    try:
+        for ns in NAMESPACES:
+            path = f"/proc/{pid}/ns/{ns}"
+            if os.readlink(path) != os.readlink(f"/proc/self/ns/{ns}"):
+                fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        if state.process_start_time(pid) != record.get("pid_start"):
+            raise ConfigError(f"{record['name']}: cannot exec: the sandbox is dead")
+    except FileNotFoundError:
+        for fd in fds:
+            os.close(fd)
+        raise ConfigError(f"{record['name']}: cannot exec: the sandbox is dead") from None
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    joins = sorted({os.path.join(str(d), "cgroup.procs") for d in (record.get("cgroup_dirs") or {}).values()})
+    full_env = dict(record.get("env") or {})
+    full_env.update(env or {})
+    sandbox_user = record.get("user")
+    return _Launcher(
+        fds, joins, _Target(list(argv), full_env), user or (tuple(sandbox_user) if sandbox_user else None),
+        workdir or str(record.get("workdir") or "/"), tty,
+    )  # fmt: skip
+
+
+class _Launcher:
+    def __init__(self, ns_fds: list[int], joins: list[str], target: _Target, user: Any, workdir: str,
+                 tty: bool) -> None:  # fmt: skip
+        self.ns_fds = ns_fds
+        self.joins = joins
+        self.target = target
+        self.user = user
+        self.workdir = workdir
+        self.tty = tty
+
+    def start(self, stdio: tuple[int, int, int]) -> int:
+        """Fork the entering child; returns its pid once the command was exec'd (or raises)."""
+        errr, errw = os.pipe2(os.O_CLOEXEC)
+        try:
+            child = os.fork()
+            if child == 0:
+                os.close(errr)
+                self._child(stdio, errw)
+            os.close(errw)
+            errw = -1
+            report = b""
+            while chunk := os.read(errr, 65536):
+                report += chunk
+        finally:
+            if errw >= 0:
+                os.close(errw)
+            os.close(errr)
+            for fd in self.ns_fds:
+                os.close(fd)
+        if report:
+            os.waitpid(child, 0)
+            raise spawn._decode_failure(report)
+        return child
+
+    def _child(self, stdio: tuple[int, int, int], errw: int) -> None:
+        what = "joining the sandbox"
+        try:
+            for path in self.joins:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, b"0")
+                finally:
+                    os.close(fd)
+            what = "setns"
+            for fd in self.ns_fds:
+                _libc.setns(fd, 0)
+            command = os.fork()
+            if command == 0:
+                what = "preparing the command"
+                os.setsid()
+                spawn._setup_stdio(stdio)
+                if self.tty:
+                    spawn._take_terminal()
+                for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+                    signal.signal(sig, signal.SIG_DFL)
+                os.chdir(self.workdir)
+                _libc.prctl(_libc.PR_SET_NO_NEW_PRIVS, 1)
+                if self.user:
+                    os.setgroups([])
+                    os.setresgid(self.user[1], self.user[1], self.user[1])
+                    os.setresuid(self.user[0], self.user[0], self.user[0])
+                spawn._exec(self.target, errw)  # type: ignore[arg-type]
+            os.close(errw)
+
+            def relay(sig: int, _frame: object) -> None:
+                try:
+                    os.kill(command, sig)
+                except ProcessLookupError:
+                    pass
+
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH):
+                signal.signal(sig, relay)
+            _, status = os.waitpid(command, 0)
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(128 - code if code < 0 else code)
+        except BaseException as exc:  # noqa: BLE001 - everything must reach the caller
+            spawn._report(errw, what, exc)
+        finally:
+            os._exit(125)

@@ -1,0 +1,258 @@
+"""The monitor: one process that owns every detached sandbox of a state directory.
+
+``isolate run -d`` hands its sandbox to the monitor (started on demand, in its own
+session) over ``<state_dir>/monitor.sock``, the same SOCK_SEQPACKET protocol the spawn
+helper speaks.  The monitor is the sandboxes' parent: it reaps them, enforces their time
+limits, reads their cgroup's accounting and writes the result into their state record.
+One process for all detached sandboxes, so an idle sandbox costs the host its own
+processes and a few kilobytes here, not a Python interpreter each.
+
+When nothing is running and nobody is connected, the monitor removes its socket and
+exits.  If it is killed, its sandboxes die with it (PR_SET_PDEATHSIG): ``isolate ps``
+shows them dead and ``isolate gc`` removes what they left.
+"""
+
+from __future__ import annotations
+
+import _signal as signal
+import errno
+import fcntl
+import os
+import pickle
+import select
+import socket
+import time
+
+from . import state
+from .errors import IsolateError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .spec import Plan
+
+_MAX_MSG = 1 << 20
+IDLE_EXIT = 1.0  # seconds with nothing running and nobody connected before the monitor exits
+
+
+def socket_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "monitor.sock")
+
+
+class _Sandbox:
+    __slots__ = ("plan", "record", "pid", "pidfd", "started", "deadline", "cpu_limit", "group", "reason")
+
+    def __init__(self, plan: Plan, record: dict[str, Any], pid: int, pidfd: int) -> None:
+        self.plan = plan
+        self.record = record
+        self.pid = pid
+        self.pidfd = pidfd
+        self.started = time.monotonic()
+        limits = plan.limits
+        self.deadline = None if limits.wall_time is None else self.started + limits.wall_time
+        self.cpu_limit = limits.time if plan.cgroup_version else None
+        self.group: Any = None
+        if plan.cgroup_version:
+            from .cgroups import open_cgroup
+
+            self.group = open_cgroup(plan.cgroup_version, plan.cgroup_dirs)
+        self.reason: str | None = None
+
+
+def serve(state_dir: str) -> None:
+    """The monitor's main loop (run in a process of its own)."""
+    from .sandbox import build_result
+    from .supervisor import Supervisor
+
+    os.makedirs(state_dir, 0o700, exist_ok=True)
+    lock = os.open(os.path.join(state_dir, "monitor.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return  # another monitor serves this state directory
+    path = socket_path(state_dir)
+    try:
+        os.unlink(path)  # left by a monitor that was killed: its lock is free, so it is gone
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    os.chmod(path, 0o600)
+    listener.listen(64)
+    supervisor = Supervisor()
+    import gc
+
+    # Every sandbox is forked from here and may keep a Python init for days: keep the
+    # collector off the objects it shares with them (gc.freeze), so pages stay shared.
+    gc.freeze()
+    running: dict[int, _Sandbox] = {}  # pidfd -> sandbox
+    clients: dict[int, socket.socket] = {}
+    poller = select.poll()
+    poller.register(listener.fileno(), select.POLLIN)
+    idle_since = time.monotonic()
+    try:
+        while True:
+            if running or clients:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= IDLE_EXIT:
+                # Idle: stop taking new clients first, then serve those already queued.
+                os.unlink(path)
+                listener.setblocking(False)
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    break
+                clients[conn.fileno()] = conn
+                poller.register(conn.fileno(), select.POLLIN)
+                continue
+            timeout = _next_check(running)
+            if not running and not clients:
+                timeout = max(0.0, IDLE_EXIT - (time.monotonic() - idle_since)) * 1000
+            for fd, _ in poller.poll(timeout):
+                if fd == listener.fileno():
+                    conn, _ = listener.accept()
+                    clients[conn.fileno()] = conn
+                    poller.register(conn.fileno(), select.POLLIN)
+                elif fd in clients:
+                    if not _serve_client(clients[fd], supervisor, running, poller, state_dir):
+                        poller.unregister(fd)
+                        clients.pop(fd).close()
+                elif fd in running:
+                    box = running.pop(fd)
+                    poller.unregister(fd)
+                    _finish(box, supervisor, state_dir, build_result)
+            _enforce_limits(running)
+    finally:
+        for box in list(running.values()):
+            signal.pidfd_send_signal(box.pidfd, signal.SIGKILL)
+            _finish(box, supervisor, state_dir, build_result)
+        listener.close()
+        os.close(lock)
+
+
+def _next_check(running: dict[int, _Sandbox]) -> float | None:
+    waits = []
+    for box in running.values():
+        if box.reason is None:
+            if box.deadline is not None:
+                waits.append(max(0.0, box.deadline - time.monotonic()) * 1000)
+            if box.cpu_limit is not None:
+                waits.append(20.0)  # CPU time is sampled, as in the attached run loop
+    return min(waits) if waits else None
+
+
+def _enforce_limits(running: dict[int, _Sandbox]) -> None:
+    now = time.monotonic()
+    for box in running.values():
+        if box.reason is not None:
+            continue
+        if box.deadline is not None and now >= box.deadline:
+            box.reason = "wall-time"
+        elif box.cpu_limit is not None and box.group.cpu_usage() >= box.cpu_limit:
+            box.reason = "cpu-time"
+        if box.reason is not None:
+            signal.pidfd_send_signal(box.pidfd, signal.SIGKILL)
+            if box.plan.share_pid and box.group is not None:
+                box.group.kill_all()
+
+
+def _serve_client(
+    conn: socket.socket, supervisor: Any, running: dict[int, _Sandbox], poller: Any, state_dir: str
+) -> bool:
+    try:
+        data, fds, _, _ = socket.recv_fds(conn, _MAX_MSG, 3)
+    except OSError:
+        return False
+    if not data:
+        return False
+    back: list[int] = []
+    try:
+        kind, plan, record = pickle.loads(data)
+        if kind != "start":
+            raise IsolateError(f"monitor: unknown request {kind!r}")
+        pid, pidfd = supervisor.start(plan, tuple(fds))
+        record.update(status="running", pid=pid, pid_start=state.process_start_time(pid), started=time.time())
+        state.write_record(state_dir, record)
+        box = _Sandbox(plan, record, pid, pidfd)
+        running[pidfd] = box
+        poller.register(pidfd, select.POLLIN)
+        reply: Any = ("started", pid)
+    except Exception as exc:  # noqa: BLE001 - sent back and raised in the client
+        reply = ("error", exc)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    try:
+        socket.send_fds(conn, [pickle.dumps(reply)], back)
+    except OSError:
+        pass
+    return True
+
+
+def _finish(box: _Sandbox, supervisor: Any, state_dir: str, build_result: Any) -> None:
+    try:
+        status, utime, stime, stats = supervisor.finish(box.pid)
+        result = build_result(box.plan, status, utime, stime, stats, time.monotonic() - box.started,
+                              timeout_reason=box.reason)  # fmt: skip
+        box.record.update(status="stopped", finished=time.time(), exit_code=result.exit_code,
+                          result=result.to_dict())  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - recorded, the monitor goes on for the others
+        box.record.update(status="stopped", finished=time.time(), exit_code=125, error=str(exc))
+    finally:
+        os.close(box.pidfd)
+    if state.read_record(state_dir, str(box.record["id"])) is not None:  # not removed meanwhile
+        state.write_record(state_dir, box.record)
+
+
+def start_detached(state_dir: str, plan: Plan, record: dict[str, Any], stdio: tuple[int, int, int]) -> int:
+    """Hand a sandbox to the monitor (starting one if none runs); returns its pid."""
+    sock = _connect(state_dir)
+    try:
+        socket.send_fds(sock, [pickle.dumps(("start", plan, record))], list(stdio))
+        data, _, _, _ = socket.recv_fds(sock, _MAX_MSG, 1)
+    finally:
+        sock.close()
+    if not data:
+        raise IsolateError("the isolate monitor exited before starting the sandbox; see <state_dir>/monitor.log")
+    reply = pickle.loads(data)
+    if reply[0] == "error":
+        raise reply[1]
+    return int(reply[1])
+
+
+def _connect(state_dir: str) -> socket.socket:
+    path = socket_path(state_dir)
+    next_spawn = 0.0
+    deadline = time.monotonic() + 10
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+                raise
+        if time.monotonic() > deadline:
+            raise IsolateError(f"cannot reach the isolate monitor at {path}; see {state_dir}/monitor.log")
+        if time.monotonic() >= next_spawn:
+            # Again after a while: a monitor that was winding down refuses the lock and exits.
+            _spawn_monitor(state_dir)
+            next_spawn = time.monotonic() + 0.5
+        time.sleep(0.005)
+
+
+def _spawn_monitor(state_dir: str) -> None:
+    """Start a monitor that is nobody's child here: the launcher forks it and exits at once."""
+    import subprocess
+    import sys
+
+    os.makedirs(state_dir, 0o700, exist_ok=True)
+    code = f"import os\nif os.fork() == 0:\n    from isolate.monitor import serve\n    serve({state_dir!r})\n"
+    with open(os.path.join(state_dir, "monitor.log"), "ab") as log:
+        launcher = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+        )  # fmt: skip
+    launcher.wait()

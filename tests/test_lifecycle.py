@@ -1,0 +1,205 @@
+"""Detached sandboxes: start, list, exec, stats, stop, kill, rm, logs, wait, gc, -it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ISOLATE_BIN, cli, processes_matching, sandbox_cgroups, state_entries
+
+from isolate.config import DEFAULT_STATE_DIR
+from isolate.monitor import socket_path
+
+
+def wait_for(condition: object, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture(autouse=True)
+def quiet_monitor() -> Iterator[None]:
+    """Each test removes its sandboxes; then the idle monitor exits and takes its socket along."""
+    yield
+    for row in json.loads(cli("ps", "-a", "--json").stdout or b"[]"):
+        cli("rm", "-f", row["id"])
+    wait_for(lambda: not os.path.exists(socket_path(DEFAULT_STATE_DIR)), timeout=5)
+
+
+def start(busybox_root: Path, *command: str, options: tuple[str, ...] = ()) -> str:
+    proc = cli("run", "-d", *options, "--rootfs", str(busybox_root), "--", *command)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.decode().strip()
+
+
+def test_detach_ps_exec_logs_stop_rm(busybox_root: Path) -> None:
+    script = "echo ready; trap 'echo bye; exit 3' TERM; while :; do sleep 0.1; done"
+    sandbox_id = start(busybox_root, "sh", "-c", script,
+                       options=("--name", "web", "--memory", "64M"))  # fmt: skip
+    assert len(sandbox_id) == 12
+    rows = {r["name"]: r for r in json.loads(cli("ps", "--json").stdout)}
+    assert rows["web"]["status"] == "running" and rows["web"]["id"] == sandbox_id
+    assert rows["web"]["limits"] == {"memory": 64 << 20} and rows["web"]["memory"] > 0
+    # exec: the same pid namespace (its init is PID 1), files and cgroup
+    limit = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max"
+    exec_ = cli("exec", "web", "sh", "-c", f"echo $$ > /tmp/mark; ps -o pid,comm; {limit}")
+    out = exec_.stdout.decode().split()
+    assert exec_.returncode == 0 and "isolate-init" in out and str(64 << 20) in out
+    assert cli("exec", "web", "cat", "/tmp/mark").stdout.strip().isdigit()
+    assert cli("exec", "web", "sh", "-c", "exit 9").returncode == 9
+    wait_for(lambda: b"ready" in cli("logs", "web").stdout)
+    stop = cli("stop", "-t", "5", "web")
+    assert stop.returncode == 0 and stop.stdout == b"web exited 3\n"
+    assert cli("logs", "web").stdout == b"ready\nbye\n"
+    assert cli("wait", "web").returncode == 3
+    assert json.loads(cli("ps", "-a", "--json").stdout)[0]["status"] == "stopped"
+    assert cli("rm", "web").returncode == 0
+    assert json.loads(cli("ps", "-a", "--json").stdout) == []
+
+
+def test_stop_kills_what_ignores_term(busybox_root: Path) -> None:
+    start(busybox_root, "sh", "-c", "trap '' TERM; while :; do sleep 0.1; done", options=("--name", "stubborn"))
+    began = time.monotonic()
+    proc = cli("stop", "-t", "1", "stubborn")
+    assert proc.stdout == b"stubborn exited 137\n" and 1.0 <= time.monotonic() - began < 5
+
+
+def test_bad_references_are_one_clear_line(busybox_root: Path) -> None:
+    for args in (["exec", "nope", "true"], ["kill", "nope"], ["stop", "nope"], ["rm", "nope"], ["logs", "nope"],
+                 ["wait", "nope"]):  # fmt: skip
+        proc = cli(*args)
+        assert proc.returncode == 125 and proc.stderr == b"isolate: nope: no such sandbox; `isolate ps -a` lists them\n"
+    start(busybox_root, "sleep", "30", options=("--name", "taken"))
+    clash = cli("run", "-d", "--name", "taken", "--rootfs", str(busybox_root), "--", "true")
+    assert clash.returncode == 125 and b"a sandbox has that name already" in clash.stderr
+    running = cli("rm", "taken")
+    assert running.returncode == 125 and b"is running; stop it first, or use rm -f" in running.stderr
+    cli("kill", "taken", "KILL")
+    cli("wait", "taken")
+    for args, words in ((["exec", "taken", "true"], b"cannot exec: the sandbox is stopped"),
+                        (["kill", "taken"], b"cannot send it a signal: the sandbox is stopped")):  # fmt: skip
+        proc = cli(*args)
+        assert proc.returncode == 125 and words in proc.stderr and proc.stderr.count(b"\n") == 1
+    assert cli("kill", "taken", "BOGUS").returncode == 125
+
+
+def test_stats_move_with_memory(busybox_root: Path) -> None:
+    # The host image has python3: allocate 64 MiB once a file appears.
+    hog = "import os, time\nwhile not os.path.exists('/tmp/go'): time.sleep(0.02)\n"
+    hog += "x = bytearray(64 << 20)\ntime.sleep(60)"
+    proc = cli("run", "-d", "--name", "hog", "--", "python3", "-c", hog)
+    assert proc.returncode == 0, proc.stderr
+    wait_for(lambda: cli("exec", "hog", "true").returncode == 0)
+    before = json.loads(cli("stats", "--json", "hog").stdout)
+    cli("exec", "hog", "touch", "/tmp/go")
+    wait_for(lambda: json.loads(cli("stats", "--json", "hog").stdout)["memory"] > before["memory"] + (60 << 20))
+    after = json.loads(cli("stats", "--json", "hog").stdout)
+    assert after["pids"] >= 2 and any("python3" in p["cmdline"] for p in after["processes"])
+    assert b"hog: memory" in cli("stats", "--no-stream", "hog").stdout
+
+
+def test_init_reaps_zombies(busybox_root: Path) -> None:
+    # An orphan whose new parent is a PID 1 that never waits stays a zombie...
+    orphan = "(sleep 0.1 &); exec sleep 30"
+    start(busybox_root, "sh", "-c", orphan, options=("--name", "plain", "--no-init"))
+    start(busybox_root, "sh", "-c", orphan, options=("--name", "inited"))
+    time.sleep(0.6)
+    states = {name: cli("exec", name, "ps", "-o", "stat=").stdout.split() for name in ("plain", "inited")}
+    assert b"Z" in states["plain"]
+    assert b"Z" not in states["inited"]  # ...isolate's init reaps it
+
+
+def test_fifty_parallel_starts(busybox_root: Path) -> None:
+    procs = [subprocess.Popen([ISOLATE_BIN, "run", "-d", "--rootfs", str(busybox_root), "--", "sleep", "60"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(50)]  # fmt: skip
+    ids = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        ids.append(out.decode().strip())
+    listed = {r["id"] for r in json.loads(cli("ps", "--json").stdout) if r["status"] == "running"}
+    assert len(set(ids)) == 50 and set(ids) <= listed
+
+
+def test_killed_monitor_leaves_state_that_gc_removes(busybox_root: Path, marker: str) -> None:
+    cgroups_before, state_before = sandbox_cgroups(), state_entries()
+    for _ in range(3):
+        start(busybox_root, "sh", "-c", "sleep 100; true", marker)
+    monitor = int(subprocess.run(["pgrep", "-f", "from isolate.monitor import serve"], capture_output=True,
+                                 text=True).stdout.split()[0])  # fmt: skip
+    os.kill(monitor, signal.SIGKILL)  # the supervisor of every detached sandbox dies
+    wait_for(lambda: processes_matching(marker) == [])  # PR_SET_PDEATHSIG ended them
+    rows = json.loads(cli("ps", "-a", "--json").stdout)
+    assert [r["status"] for r in rows] == ["dead", "dead", "dead"]  # not "running": ps does not lie
+    gc = cli("gc")
+    assert gc.returncode == 0 and gc.stdout.count(b"dead") == 3
+    assert json.loads(cli("ps", "-a", "--json").stdout) == []
+    assert sandbox_cgroups() == cgroups_before
+    assert state_entries() - state_before == set()
+
+
+def test_killed_start_is_collected(busybox_root: Path) -> None:
+    from isolate import state
+
+    # A `run -d` killed after writing its record and before the monitor took over.
+    record = {"id": "0123456789ab", "name": "halfway", "status": "created", "created": time.time(),
+              "creator": 2**22 + 7, "creator_start": 1, "command": ["true"]}  # fmt: skip
+    state.write_record(DEFAULT_STATE_DIR, record)
+    assert json.loads(cli("ps", "-a", "--json").stdout)[0]["status"] == "dead"
+    assert b"sandbox 0123456789ab (halfway, dead)" in cli("gc").stdout
+
+
+def test_run_it_under_a_real_terminal(busybox_root: Path) -> None:
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(ISOLATE_BIN, [ISOLATE_BIN, "run", "-it", "--rootfs", str(busybox_root), "--", "sh"])
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    import select
+
+    typed = False
+
+    out = b""
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([fd], [], [], 0.5)[0]:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    pid = 0
+                    break
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not chunk:
+                break
+            out += chunk
+            if b"\x1b[6n" in chunk:  # busybox's line editor asks where the cursor is; answer as a terminal
+                os.write(fd, b"\x1b[1;1R")
+            if not typed and b"/ # " in out:
+                os.write(fd, b"echo pid=$$; stty size; sleep 30 &\njobs; kill %1; echo done; exit 4\n")
+                typed = True
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL) if time.monotonic() >= deadline else None
+            _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    text = out.decode(errors="replace")
+    assert "pid=1" in text and "33 101" in text  # PID 1, and the window size of the caller's terminal
+    assert "Running" in text and "sleep 30" in text and "done" in text  # job control: jobs lists the job
+    assert pid and os.waitstatus_to_exitcode(status) == 4, text
