@@ -61,7 +61,10 @@ def prepare(record: dict[str, Any], argv: list[str], env: dict[str, str] | None 
         for fd in fds:
             os.close(fd)
         raise
-    joins = sorted({os.path.join(str(d), "cgroup.procs") for d in (record.get("cgroup_dirs") or {}).values()})
+    from .cgroups.base import join_files
+
+    dirs = {k: str(v) for k, v in (record.get("cgroup_dirs") or {}).items()}
+    joins = join_files(str(record.get("cgroup_version")), dirs) if dirs else []
     full_env = dict(record.get("env") or {})
     full_env.update(env or {})
     sandbox_user = record.get("user")

@@ -132,7 +132,9 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
     steps: list[Step] = []
     if version is not None:
         # First of all, so that everything the child does is accounted to the sandbox.
-        steps.append(JoinCgroup(sorted({f"{d}/cgroup.procs" for d in dirs.values()})))
+        from .cgroups.base import join_files
+
+        steps.append(JoinCgroup(join_files(version, dirs)))
         steps.append(UnshareCgroupNamespace())
     steps.append(MakeMountsPrivate())
     steps += overlay.stage_steps(stage)
