@@ -76,6 +76,12 @@ def execute_run(opts: dict[str, object], command: list[str]) -> int:
             cgroup_parent=text("cgroup_parent") or "isolate",
             image=text("image"),
             image_root=text("root"),
+            cap_add=many("cap_add"),
+            cap_drop=many("cap_drop"),
+            privileged=bool(opts.get("privileged")),
+            seccomp=text("seccomp") or "default",
+            ulimits=many("ulimit"),
+            oom_score_adj=_oom_score_adj(text("oom_score_adj")),
             spawn="direct",
         )
         detach = bool(opts.get("detach"))
@@ -110,3 +116,15 @@ def execute_run(opts: dict[str, object], command: list[str]) -> int:
                 print(f"isolate: cannot write --{option.replace('_', '-')} {path}: {exc.strerror}", file=sys.stderr)
                 return 125
     return result.exit_code
+
+
+def _oom_score_adj(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 9999
+    if not -1000 <= value <= 1000:
+        raise ConfigError(f"--oom-score-adj {text!r}: choose a whole number from -1000 to 1000")
+    return value

@@ -81,6 +81,12 @@ class SandboxConfig:
         image: str | None = None,
         image_root: str | None = None,
         init: bool = False,
+        cap_add: list[str] | None = None,
+        cap_drop: list[str] | None = None,
+        privileged: bool = False,
+        seccomp: str = "default",
+        ulimits: list[str] | None = None,
+        oom_score_adj: int | None = None,
     ) -> None:
         self.rootfs = rootfs
         self.layers = layers or []
@@ -102,6 +108,12 @@ class SandboxConfig:
         self.image = image  # NAME[:TAG] or id in the image store
         self.image_root = image_root  # the store's root (default /var/lib/isolate)
         self.init = init  # run isolate's init as PID 1 and the command as its child
+        self.cap_add = cap_add or []
+        self.cap_drop = cap_drop or []
+        self.privileged = privileged  # all capabilities, no seccomp, no masked paths, no no_new_privs
+        self.seccomp = seccomp  # "default", "unconfined" or a docker/OCI profile's path
+        self.ulimits = ulimits or []
+        self.oom_score_adj = oom_score_adj
 
     def copy(self) -> SandboxConfig:
         new = SandboxConfig.__new__(SandboxConfig)

@@ -60,6 +60,7 @@ def run_checks() -> list[Check]:
         )
     )
     checks.append(_cgroup_check())
+    checks += _defence_checks()
     busybox = next((p for p in ("/bin/busybox", "/usr/bin/busybox") if os.path.exists(p)), "")
     checks.append(
         Check(
@@ -131,3 +132,35 @@ def _cgroup_check() -> Check:
     missing = [c for c in ("memory", "cpu", "pids", "cpuset") if c not in usable]
     fix = f"not available: {', '.join(missing)} (limits on them will be refused)" if missing else ""
     return Check("cgroups", not missing, detail, fix, required=False)
+
+
+def _defence_checks() -> list[Check]:
+    """Which of the default defences this host can give (security.py, seccomp.py)."""
+    from .security import CAPS, DEFAULT_CAPS
+
+    checks = []
+    with open("/proc/self/status") as f:
+        status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    bounding = int(status.get("CapBnd", "0"), 16)
+    missing = [name for i, name in enumerate(CAPS) if not bounding & (1 << i)]
+    default_missing = sorted(set(missing) & DEFAULT_CAPS)
+    detail = "kept by default: " + ", ".join(sorted(DEFAULT_CAPS))
+    if missing:
+        detail += f"; this host withholds: {', '.join(missing)} (--privileged cannot give those)"
+    checks.append(Check("capabilities", not default_missing, detail,
+                        f"the default set needs {', '.join(default_missing)}", required=False))  # fmt: skip
+    try:
+        from . import seccomp
+        from .config import DEFAULT_STATE_DIR
+
+        path = seccomp.cached_program(os.environ.get("ISOLATE_STATE_DIR", DEFAULT_STATE_DIR), seccomp.DEFAULT_PROFILE)
+        checks.append(
+            Check("seccomp", True, f"default filter compiled ({os.path.getsize(path) // 8} BPF instructions)")
+        )
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        checks.append(Check("seccomp", False, str(exc), "apt-get install libseccomp2; pip install pyseccomp",
+                            required=False))  # fmt: skip
+    checks.append(
+        Check("no_new_privs, masked /proc paths, read-only /sys", True, "on for every run (off with --privileged)")
+    )
+    return checks

@@ -68,10 +68,20 @@ def prepare(record: dict[str, Any], argv: list[str], env: dict[str, str] | None 
     full_env = dict(record.get("env") or {})
     full_env.update(env or {})
     sandbox_user = record.get("user")
-    return _Launcher(
+    launcher = _Launcher(
         fds, joins, _Target(list(argv), full_env), user or (tuple(sandbox_user) if sandbox_user else None),
         workdir or str(record.get("workdir") or "/"), tty,
     )  # fmt: skip
+    # The sandbox's defences, in the same order as its own setup (planner.build_plan).
+    from .seccomp import LoadSeccomp
+    from .security import DropCapabilities
+
+    if record.get("caps") is not None:
+        launcher.drop_caps = DropCapabilities(list(record["caps"]), int(record["cap_last"]))
+    if record.get("seccomp"):
+        launcher.seccomp = LoadSeccomp(bytes.fromhex(str(record["seccomp"])))
+    launcher.no_new_privs = bool(record.get("no_new_privs", True))
+    return launcher
 
 
 class _Launcher:
@@ -83,6 +93,9 @@ class _Launcher:
         self.user = user
         self.workdir = workdir
         self.tty = tty
+        self.drop_caps: Any = None
+        self.seccomp: Any = None
+        self.no_new_privs = True
 
     def start(self, stdio: tuple[int, int, int]) -> int:
         """Fork the entering child; returns its pid once the command was exec'd (or raises)."""
@@ -130,11 +143,16 @@ class _Launcher:
                 for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
                     signal.signal(sig, signal.SIG_DFL)
                 os.chdir(self.workdir)
-                _libc.prctl(_libc.PR_SET_NO_NEW_PRIVS, 1)
+                if self.no_new_privs:
+                    _libc.prctl(_libc.PR_SET_NO_NEW_PRIVS, 1)
+                if self.drop_caps is not None:
+                    self.drop_caps.apply("/")
                 if self.user:
                     os.setgroups([])
                     os.setresgid(self.user[1], self.user[1], self.user[1])
                     os.setresuid(self.user[0], self.user[0], self.user[0])
+                if self.seccomp is not None:
+                    self.seccomp.apply("/")
                 spawn._exec(self.target, errw)  # type: ignore[arg-type]
             os.close(errw)
 

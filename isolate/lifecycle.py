@@ -105,6 +105,8 @@ def start_detached(sandbox: Sandbox, argv: list[str], name: str | None = None) -
         "workdir": plan.workdir,
         "user": list(plan.user) if plan.user else None,
         "init": plan.init,
+        # what `isolate exec` must apply too: the capabilities kept and the seccomp filter
+        **_defences(plan),
         "log": os.path.join(directory, "log"),
         # Who is starting it: a "created" record whose creator is gone was never started.
         "state_dir": state_dir,
@@ -215,3 +217,19 @@ def remove(state_dir: str, ref: str, force: bool = False) -> str:
 
 def logs(state_dir: str, ref: str) -> str:
     return str(find(state_dir, ref)["log"])
+
+
+def _defences(plan: Any) -> dict[str, Any]:
+    from .seccomp import LoadSeccomp
+    from .security import DropCapabilities
+    from .spec import NoNewPrivs
+
+    found: dict[str, Any] = {"caps": None, "cap_last": None, "seccomp": None, "no_new_privs": False}
+    for step in plan.steps:
+        if isinstance(step, DropCapabilities):
+            found["caps"], found["cap_last"] = list(step.keep), step.last
+        elif isinstance(step, LoadSeccomp):
+            found["seccomp"] = step.program.hex()
+        elif isinstance(step, NoNewPrivs):
+            found["no_new_privs"] = True
+    return found

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 from . import _libc as L
-from . import mounts, overlay, rootfs
+from . import mounts, overlay, rootfs, security
 from .config import DEFAULT_PATH, SandboxConfig
 from .errors import HostSupportError
+from .seccomp import LoadSeccomp
 from .spec import (
     Chdir,
     Chroot,
@@ -115,6 +116,19 @@ def cgroup_dirs(config: SandboxConfig, sandbox_id: str) -> tuple[str | None, dic
     return "v2", backend.dirs(sandbox_id, config.cgroup_parent)  # type: ignore[attr-defined]
 
 
+def _seccomp_program(config: SandboxConfig) -> bytes | None:
+    if config.privileged or config.seccomp == "unconfined":
+        return None
+    from . import seccomp
+
+    if config.seccomp == "default":
+        profile = seccomp.DEFAULT_PROFILE
+    else:
+        profile = seccomp.load_docker_profile(config.seccomp)
+    with open(seccomp.cached_program(config.state_dir, profile), "rb") as f:
+        return f.read()
+
+
 def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
     """The ordered steps that build this sandbox.  Validates ``config``; touches nothing."""
     config.validate()
@@ -158,6 +172,8 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
         steps += mounts.cgroup_steps(version, dirs)
     steps += mounts.dev_steps(own_ipc="ipc" not in config.shared)
     steps += mounts.tmp_steps()
+    if not config.privileged:
+        steps += security.mask_steps(root)
     steps += [mounts.tmpfs_step(t) for t in config.tmpfs]
     steps += [mounts.volume_step(v) for v in config.volumes]
     if "net" not in config.shared:
@@ -170,10 +186,19 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
     steps.append(Chdir(workdir))
     if config.read_only:
         steps.append(RemountRootReadOnly())
-    steps.append(NoNewPrivs())
+    if not config.privileged:
+        steps.append(NoNewPrivs())
+    if config.oom_score_adj is not None:
+        steps.append(security.SetOomScoreAdj(config.oom_score_adj))
+    steps += security.ulimit_steps(config.ulimits)
+    caps = security.resolve_caps(config.cap_add, config.cap_drop, config.privileged)
+    steps.append(security.DropCapabilities(sorted(caps), security.last_cap()))
     user = config.user or (image.user if image is not None else None)
     if user is not None:
         steps.append(SetUser(user[0], user[1], []))
+    program = _seccomp_program(config)
+    if program is not None:
+        steps.append(LoadSeccomp(program))
     env = default_env(config, hostname or os.uname().nodename, image.env if image is not None else None)
     return Plan(
         sandbox_id=sandbox_id,

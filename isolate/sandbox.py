@@ -72,6 +72,13 @@ class Sandbox:
         image: an image of the store (``NAME[:TAG]`` or id) as the root: its layers become the
             overlay's lower layers, and its config supplies env, entrypoint/cmd, workdir and user.
         image_root: the image store's root (default /var/lib/isolate, or $ISOLATE_ROOT).
+        cap_add, cap_drop: capability names added to or removed from the default set
+            (docker's, without MKNOD); "ALL" works in both.
+        privileged: keep every capability, no seccomp filter, no masked /proc paths, no
+            no_new_privs.  Unsafe: a root process inside can then reach the host.
+        seccomp: "default", "unconfined", or the path of a docker / OCI seccomp profile.
+        ulimits: ``"NAME=SOFT[:HARD]"`` resource limits (nofile, nproc, core, ...).
+        oom_score_adj: the sandbox's OOM-killer bias (-1000..1000).
         spawn: ``"auto"``, ``"direct"`` (clone from this process) or ``"helper"`` (a small
             pre-started process clones, so the cost does not grow with this process's memory).
     """
@@ -98,6 +105,12 @@ class Sandbox:
         cgroup_parent: str = "isolate",
         image: str | None = None,
         image_root: str | None = None,
+        cap_add: Iterable[str] = (),
+        cap_drop: Iterable[str] = (),
+        privileged: bool = False,
+        seccomp: str = "default",
+        ulimits: Iterable[str] = (),
+        oom_score_adj: int | None = None,
         spawn: str = "auto",
     ) -> None:
         if isinstance(user, str):
@@ -123,6 +136,12 @@ class Sandbox:
             cgroup_parent=cgroup_parent,
             image=image,
             image_root=image_root,
+            cap_add=list(cap_add),
+            cap_drop=list(cap_drop),
+            privileged=privileged,
+            seccomp=seccomp,
+            ulimits=list(ulimits),
+            oom_score_adj=oom_score_adj,
         )
         if state_dir is not None:
             self.config.state_dir = state_dir

@@ -121,7 +121,10 @@ class MakeMountsPrivate(Step):
 
 
 class Mount(Step):
-    """mount(2) of a filesystem or a bind.  ``target`` is inside the root unless ``host_target``."""
+    """mount(2) of a filesystem or a bind.  ``target`` is inside the root unless ``host_target``.
+
+    ``create`` makes a missing target ("dir" or "file"); "" skips the mount when it is missing.
+    """
 
     __slots__ = ("source", "target", "fstype", "flags", "data", "host_target", "create")
 
@@ -148,10 +151,15 @@ class Mount(Step):
     def target_path(self, root: str) -> str:
         if self.host_target:
             return self.target
-        return resolve_in_root(root, self.target, self.create)
+        return resolve_in_root(root, self.target, self.create or None)
 
     def apply(self, root: str) -> None:
-        target = self.target_path(root)
+        try:
+            target = self.target_path(root)
+        except FileNotFoundError:
+            if self.create == "":  # optional: a path this kernel may not have (e.g. /proc/bus)
+                return
+            raise
         if self.flags & _libc.MS_BIND and self.flags & _libc.MS_RDONLY:
             # A bind ignores MS_RDONLY; read-only needs a second, remounting call.  Keep the
             # source's nosuid/nodev/noexec: as real root we could drop them, and must not.

@@ -47,7 +47,7 @@ def helper_sockets() -> set[int]:
 
 
 # Made on first use and kept, like /run/runc: the tmpfs mount point and the lock directory.
-PERMANENT = ("mnt", "locks", "sandboxes", "records.lock", "monitor.lock", "monitor.log")
+PERMANENT = ("mnt", "locks", "sandboxes", "records.lock", "monitor.lock", "monitor.log", "seccomp")
 
 
 def state_entries(state_dir: str = DEFAULT_STATE_DIR) -> set[str]:
@@ -56,6 +56,8 @@ def state_entries(state_dir: str = DEFAULT_STATE_DIR) -> set[str]:
     permanent = {os.path.join(state_dir, name) for name in PERMANENT}
     if os.path.isdir(state_dir):
         for dirpath, dirnames, filenames in os.walk(state_dir):
+            if dirpath == os.path.join(state_dir, "seccomp"):
+                continue  # compiled filters, cached on purpose
             for name in dirnames + filenames:
                 path = os.path.join(dirpath, name)
                 if path not in permanent:

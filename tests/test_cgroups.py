@@ -80,7 +80,8 @@ def test_cpu_time_counts_every_process(busybox_root: Path) -> None:
     # Two spinners in the background: the limit is on the sandbox, not on its first process.
     script = "(while :; do :; done) & (while :; do :; done) & wait"
     result = Sandbox(busybox_root, limits=Limits(time=0.5, wall_time=10)).run(["sh", "-c", script])
-    assert result.limits_hit == ["cpu-time"] and result.cpu_time >= 0.5
+    # the kill comes at 0.5 s of cpuacct.usage; the user/system split is tick-based (v1)
+    assert result.limits_hit == ["cpu-time"] and result.cpu_time >= 0.45, result.cpu_time
 
 
 def test_cpuset_pins(busybox_root: Path) -> None:
