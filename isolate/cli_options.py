@@ -96,6 +96,11 @@ RUN_OPTIONS = [
     Opt(("--privileged",), "UNSAFE: all capabilities, no seccomp, no masked paths, no no_new_privs.", flag=True),
     Opt(("--seccomp",), "default, unconfined, or a docker/OCI seccomp profile (JSON).", "PROFILE"),
     Opt(
+        ("--userns",),
+        "A user namespace: root inside is an unprivileged id range outside (/etc/subuid).",
+        flag=True,
+    ),
+    Opt(
         ("--ulimit",),
         "A resource limit NAME=SOFT[:HARD] (nofile, nproc, core, ...). Repeatable.",
         "LIMIT",

@@ -82,6 +82,7 @@ def execute_run(opts: dict[str, object], command: list[str]) -> int:
             seccomp=text("seccomp") or "default",
             ulimits=many("ulimit"),
             oom_score_adj=_oom_score_adj(text("oom_score_adj")),
+            userns=bool(opts.get("userns")),
             spawn="direct",
         )
         detach = bool(opts.get("detach"))

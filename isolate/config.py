@@ -87,6 +87,7 @@ class SandboxConfig:
         seccomp: str = "default",
         ulimits: list[str] | None = None,
         oom_score_adj: int | None = None,
+        userns: bool = False,
     ) -> None:
         self.rootfs = rootfs
         self.layers = layers or []
@@ -114,6 +115,7 @@ class SandboxConfig:
         self.seccomp = seccomp  # "default", "unconfined" or a docker/OCI profile's path
         self.ulimits = ulimits or []
         self.oom_score_adj = oom_score_adj
+        self.userns = userns  # a user namespace: root inside is an unprivileged id range outside
 
     def copy(self) -> SandboxConfig:
         new = SandboxConfig.__new__(SandboxConfig)

@@ -36,10 +36,13 @@ def sys_steps() -> list[Step]:
     return [Mount("sysfs", "/sys", "sysfs", _KERNEL_FS | L.MS_RDONLY)]
 
 
-def dev_steps(own_ipc: bool) -> list[Step]:
+def dev_steps(own_ipc: bool, userns: bool = False) -> list[Step]:
     # /dev must not be nodev (its device nodes could not be opened) but is nosuid.
     steps: list[Step] = [Mount("tmpfs", "/dev", "tmpfs", L.MS_NOSUID | L.MS_STRICTATIME, "mode=755,size=65536k")]
-    steps += [MakeDevice(f"/dev/{name}", major, minor) for name, major, minor in DEVICES]
+    if userns:  # mknod is root's in the host's user namespace only: bind the host's nodes
+        steps += [Mount(f"/dev/{name}", f"/dev/{name}", None, L.MS_BIND, create="file") for name, _, _ in DEVICES]
+    else:
+        steps += [MakeDevice(f"/dev/{name}", major, minor) for name, major, minor in DEVICES]
     steps += [Symlink(target, path) for target, path in DEV_LINKS]
     # newinstance: a devpts of our own, so the host's terminals are not listed in /dev/pts.
     steps.append(

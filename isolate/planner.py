@@ -116,6 +116,20 @@ def cgroup_dirs(config: SandboxConfig, sandbox_id: str) -> tuple[str | None, dic
     return "v2", backend.dirs(sandbox_id, config.cgroup_parent)  # type: ignore[attr-defined]
 
 
+def _id_range() -> tuple[int, int]:
+    """Host ids for a user namespace: root's range in /etc/subuid, else 100000 and up (65536 ids)."""
+    try:
+        with open("/etc/subuid") as f:
+            for line in f:
+                name, _, rest = line.strip().partition(":")
+                if name in ("root", "0"):
+                    start, _, count = rest.partition(":")
+                    return int(start), int(count)
+    except (OSError, ValueError):
+        pass
+    return 100000, 65536
+
+
 def _seccomp_program(config: SandboxConfig) -> bytes | None:
     if config.privileged or config.seccomp == "unconfined":
         return None
@@ -144,11 +158,19 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
         upper, work = f"{stage}/upper", f"{stage}/work"
 
     steps: list[Step] = []
+    userns = _id_range() if config.userns else None
+    parent_joins: list[str] = []
+    if userns is not None:
+        flags |= L.CLONE_NEWUSER
     if version is not None:
-        # First of all, so that everything the child does is accounted to the sandbox.
+        # First of all, so that everything the child does is accounted to the sandbox.  In a
+        # user namespace the cgroup's files are the host root's: the parent moves the child.
         from .cgroups.base import join_files
 
-        steps.append(JoinCgroup(join_files(version, dirs)))
+        if userns is None:
+            steps.append(JoinCgroup(join_files(version, dirs)))
+        else:
+            parent_joins = sorted({f"{d}/cgroup.procs" for d in dirs.values()})
         steps.append(UnshareCgroupNamespace())
     steps.append(MakeMountsPrivate())
     steps += overlay.stage_steps(stage)
@@ -168,9 +190,9 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
         steps += rootfs.host_bind_steps()
     steps += mounts.proc_steps()
     steps += mounts.sys_steps()
-    if version is not None:
+    if version is not None and userns is None:  # v1 hierarchies cannot be mounted in a user namespace
         steps += mounts.cgroup_steps(version, dirs)
-    steps += mounts.dev_steps(own_ipc="ipc" not in config.shared)
+    steps += mounts.dev_steps(own_ipc="ipc" not in config.shared, userns=userns is not None)
     steps += mounts.tmp_steps()
     if not config.privileged:
         steps += security.mask_steps(root)
@@ -222,4 +244,6 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
         init=config.init,
         workdir=workdir,
         user=user,
+        userns=userns,
+        parent_joins=parent_joins,
     )

@@ -79,6 +79,8 @@ class Sandbox:
         seccomp: "default", "unconfined", or the path of a docker / OCI seccomp profile.
         ulimits: ``"NAME=SOFT[:HARD]"`` resource limits (nofile, nproc, core, ...).
         oom_score_adj: the sandbox's OOM-killer bias (-1000..1000).
+        userns: a user namespace: root inside is an unprivileged id outside (root's range in
+            /etc/subuid, else 100000-165535), so files it creates on volumes belong to that id.
         spawn: ``"auto"``, ``"direct"`` (clone from this process) or ``"helper"`` (a small
             pre-started process clones, so the cost does not grow with this process's memory).
     """
@@ -111,6 +113,7 @@ class Sandbox:
         seccomp: str = "default",
         ulimits: Iterable[str] = (),
         oom_score_adj: int | None = None,
+        userns: bool = False,
         spawn: str = "auto",
     ) -> None:
         if isinstance(user, str):
@@ -142,6 +145,7 @@ class Sandbox:
             seccomp=seccomp,
             ulimits=list(ulimits),
             oom_score_adj=oom_score_adj,
+            userns=userns,
         )
         if state_dir is not None:
             self.config.state_dir = state_dir

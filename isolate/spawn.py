@@ -37,6 +37,11 @@ _TO_GROUP = {signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGWINCH}
 def prepare(plan: Plan) -> None:
     """Host directories the child needs: the (empty) mount point of its tmpfs, --keep dirs."""
     os.makedirs(plan.stage_dir, 0o700, exist_ok=True)
+    if plan.userns:
+        # The namespace's root is an ordinary id outside: it must be able to walk to the
+        # directory its tmpfs is mounted on (0711: nothing to list, only to pass through).
+        for path in (os.path.dirname(plan.stage_dir), plan.stage_dir):
+            os.chmod(path, 0o711)
     for path in plan.keep_dirs:
         os.makedirs(path, 0o755)
 
@@ -60,23 +65,52 @@ def launch(plan: Plan, stdio: tuple[int, int, int]) -> int:
     the child when a step or the exec failed.
     """
     errr, errw = os.pipe2(os.O_CLOEXEC)
+    gor, gow = os.pipe2(os.O_CLOEXEC) if plan.userns else (-1, -1)
     try:
         pid = _libc.clone_fork(plan.clone_flags)
         if pid == 0:
-            _child(plan, stdio, errw, errr)  # never returns
+            _child(plan, stdio, errw, errr, gor, gow)  # never returns
         os.close(errw)
         errw = -1
+        if plan.userns:
+            # The child waits on this pipe: it needs its uid/gid maps (and, since the cgroup's
+            # files belong to the host's root, its cgroup) before it may do anything.
+            os.close(gor)
+            gor = -1
+            try:
+                _map_ids(pid, plan.userns)
+                for path in plan.parent_joins:
+                    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                    try:
+                        os.write(fd, str(pid).encode())
+                    finally:
+                        os.close(fd)
+            finally:
+                os.close(gow)  # end-of-file: go (a child that sees no maps fails its first step)
+                gow = -1
         report = b""
         while chunk := os.read(errr, 65536):
             report += chunk
     finally:
-        if errw >= 0:
-            os.close(errw)
+        for fd in (errw, gor, gow):
+            if fd >= 0:
+                os.close(fd)
         os.close(errr)
     if report:
         os.waitpid(pid, 0)
         raise _decode_failure(report)
     return pid
+
+
+def _map_ids(pid: int, mapping: tuple[int, int]) -> None:
+    """Root inside is ``start`` outside, and so on for ``count`` ids (user_namespaces(7))."""
+    start, count = mapping
+    for name in ("uid_map", "gid_map"):
+        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, f"0 {start} {count}\n".encode())
+        finally:
+            os.close(fd)
 
 
 def reap(pid: int) -> tuple[int, float, float]:
@@ -126,11 +160,17 @@ def _signal_masks(pid: int) -> tuple[int, int]:
     return caught, ignored
 
 
-def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int) -> None:
+def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: int = -1, gow: int = -1) -> None:
     """Runs in the new namespaces.  Never returns: execs the command or exits."""
     what = "starting the sandbox"
     step = None
     try:
+        if gor >= 0:
+            os.close(gow)
+            os.read(gor, 1)  # returns at end-of-file, once the parent wrote the id maps
+            os.close(gor)
+            os.setresgid(0, 0, 0)  # become the namespace's root, which the maps just defined
+            os.setresuid(0, 0, 0)
         # The child shares the parent's memory copy-on-write; a garbage collection would
         # write to every object it scans and copy those pages (megabytes for a long-lived
         # init).  Nothing here lives long enough to need one.

@@ -463,6 +463,8 @@ class Plan:
         "workdir",
         "user",
         "tty",
+        "userns",
+        "parent_joins",
     )
 
     def __init__(
@@ -489,6 +491,8 @@ class Plan:
         workdir: str = "/",
         user: tuple[int, int] | None = None,
         tty: bool = False,
+        userns: tuple[int, int] | None = None,
+        parent_joins: list[str] | None = None,
     ) -> None:
         self.sandbox_id = sandbox_id
         self.clone_flags = clone_flags
@@ -512,6 +516,8 @@ class Plan:
         self.workdir = workdir  # what the command starts in (for `isolate exec` too)
         self.user = user
         self.tty = tty  # stdio is a pty: the child makes it its controlling terminal
+        self.userns = userns  # (first host id, count): root inside is that id outside
+        self.parent_joins = parent_joins or []  # cgroup files the parent writes the child's pid to
 
     def shell(self) -> list[str]:
         """The steps as shell commands, in order, for ``--explain``."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from isolate import Sandbox
+from isolate import Limits, Sandbox
 
 
 def sh(sandbox: Sandbox, script: str, **kw: object) -> tuple[int, str, str]:
@@ -127,3 +128,43 @@ def test_host_image_hides_host_secrets() -> None:
     code, out, _ = sh(Sandbox(), "ls /etc/shadow /root /home /work 2>&1; true")
     assert "/etc/shadow" in out and "No such file" in out
     assert not any(line.startswith("/work") and "No such" not in line for line in out.splitlines())
+
+
+@pytest.fixture()
+def open_dir() -> Iterator[Path]:
+    """A directory a user namespace's root can reach (pytest's tmp_path is 0700, host root's)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="isolate-userns-", dir="/tmp"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def test_user_namespace_maps_root_to_an_unprivileged_id(open_dir: Path) -> None:
+    secret = open_dir / "secret"
+    secret.write_text("host root only\n")
+    secret.chmod(0o600)
+    script = "id -u; cat /proc/self/uid_map; touch /data/made-inside; cat /data/secret"
+    result = Sandbox(userns=True, volumes=[f"{open_dir}:/data"]).run(["sh", "-c", script], capture=True)
+    out = (result.stdout or b"").decode().split()
+    assert out[0] == "0" and out[1] == "0" and int(out[2]) >= 1000  # root inside, an ordinary id outside
+    outside = int(out[2])
+    assert (open_dir / "made-inside").stat().st_uid == outside
+    # the host's root is nobody to the sandbox's root: its private files stay private
+    assert result.exit_code != 0 and b"Permission denied" in (result.stderr or b"")
+    assert (
+        Sandbox(volumes=[f"{open_dir}:/data"]).run(["cat", "/data/secret"], capture=True).stdout == b"host root only\n"
+    )
+
+
+def test_user_namespace_keeps_limits_and_defences() -> None:
+    # The parent moves the child into its cgroup (the cgroup's files are the host root's).
+    hog = Sandbox(userns=True, limits=Limits(memory="32M", memory_swap="32M")).run(
+        ["python3", "-c", "bytearray(128 << 20)"])  # fmt: skip
+    assert hog.status == "oom-killed"
+    status = Sandbox(userns=True).run(["grep", "-E", "NoNewPrivs|Seccomp:", "/proc/self/status"], capture=True)
+    assert (status.stdout or b"").split() == [b"NoNewPrivs:", b"1", b"Seccomp:", b"2"]
