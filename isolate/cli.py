@@ -67,12 +67,11 @@ def doctor(as_json: bool) -> None:
 @click.option("--cgroup-parent", default="isolate", show_default=True, help="Parent cgroup of the sandboxes.")
 def gc(cgroup_parent: str) -> None:
     """Remove what crashed or killed isolate processes left: their cgroups and lock files."""
-    import os
 
-    from .config import DEFAULT_STATE_DIR
+    from .config import default_state_dir
     from .gc import collect
 
-    for line in collect(os.environ.get("ISOLATE_STATE_DIR", DEFAULT_STATE_DIR), cgroup_parent):
+    for line in collect(default_state_dir(), cgroup_parent):
         click.echo(f"removed {line}")
 
 
@@ -206,11 +205,10 @@ def image_export(store: Any, name: str, out: str) -> None:
 
 
 def _state_dir() -> str:
-    import os
 
-    from .config import DEFAULT_STATE_DIR
+    from .config import default_state_dir
 
-    return os.environ.get("ISOLATE_STATE_DIR", DEFAULT_STATE_DIR)
+    return default_state_dir()
 
 
 def _uptime(seconds: float) -> str:

@@ -13,6 +13,19 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_STATE_DIR = "/run/isolate"
 
 
+def default_state_dir() -> str:
+    """$ISOLATE_STATE_DIR; else /run/isolate for root, and a directory of the user's own otherwise."""
+    if "ISOLATE_STATE_DIR" in os.environ:
+        return os.environ["ISOLATE_STATE_DIR"]
+    uid = os.geteuid()
+    if uid == 0:
+        return DEFAULT_STATE_DIR
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime and os.path.isdir(runtime) and os.stat(runtime).st_uid == uid:
+        return os.path.join(runtime, "isolate")
+    return f"/tmp/isolate-{uid}"
+
+
 class Volume:
     """A host path bind-mounted into the sandbox (``--volume HOST:CTR[:ro]``)."""
 
@@ -102,7 +115,7 @@ class SandboxConfig:
         self.share = share
         self.mode = mode
         self.keep = keep
-        self.state_dir = state_dir or os.environ.get("ISOLATE_STATE_DIR", DEFAULT_STATE_DIR)
+        self.state_dir = state_dir or default_state_dir()
         self.limits = limits or Limits()
         self.cgroups = cgroups  # None: when the host has them; True: required; False: never
         self.cgroup_parent = cgroup_parent

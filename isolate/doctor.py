@@ -151,9 +151,9 @@ def _defence_checks() -> list[Check]:
                         f"the default set needs {', '.join(default_missing)}", required=False))  # fmt: skip
     try:
         from . import seccomp
-        from .config import DEFAULT_STATE_DIR
+        from .config import default_state_dir
 
-        path = seccomp.cached_program(os.environ.get("ISOLATE_STATE_DIR", DEFAULT_STATE_DIR), seccomp.DEFAULT_PROFILE)
+        path = seccomp.cached_program(default_state_dir(), seccomp.DEFAULT_PROFILE)
         checks.append(
             Check("seccomp", True, f"default filter compiled ({os.path.getsize(path) // 8} BPF instructions)")
         )

@@ -36,7 +36,7 @@ def sys_steps() -> list[Step]:
     return [Mount("sysfs", "/sys", "sysfs", _KERNEL_FS | L.MS_RDONLY)]
 
 
-def dev_steps(own_ipc: bool, userns: bool = False) -> list[Step]:
+def dev_steps(own_ipc: bool, userns: bool = False, tty_group: bool = True) -> list[Step]:
     # /dev must not be nodev (its device nodes could not be opened) but is nosuid.
     steps: list[Step] = [Mount("tmpfs", "/dev", "tmpfs", L.MS_NOSUID | L.MS_STRICTATIME, "mode=755,size=65536k")]
     if userns:  # mknod is root's in the host's user namespace only: bind the host's nodes
@@ -46,7 +46,13 @@ def dev_steps(own_ipc: bool, userns: bool = False) -> list[Step]:
     steps += [Symlink(target, path) for target, path in DEV_LINKS]
     # newinstance: a devpts of our own, so the host's terminals are not listed in /dev/pts.
     steps.append(
-        Mount("devpts", "/dev/pts", "devpts", L.MS_NOSUID | L.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
+        Mount(
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            L.MS_NOSUID | L.MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620" + (",gid=5" if tty_group else ""),
+        )  # fmt: skip
     )
     steps.append(Mount("shm", "/dev/shm", "tmpfs", _KERNEL_FS, "mode=1777,size=65536k"))
     if own_ipc:

@@ -116,18 +116,38 @@ def cgroup_dirs(config: SandboxConfig, sandbox_id: str) -> tuple[str | None, dic
     return "v2", backend.dirs(sandbox_id, config.cgroup_parent)  # type: ignore[attr-defined]
 
 
-def _id_range() -> tuple[int, int]:
-    """Host ids for a user namespace: root's range in /etc/subuid, else 100000 and up (65536 ids)."""
+def _subordinate(path: str, names: tuple[str, ...]) -> tuple[int, int] | None:
     try:
-        with open("/etc/subuid") as f:
+        with open(path) as f:
             for line in f:
                 name, _, rest = line.strip().partition(":")
-                if name in ("root", "0"):
+                if name in names:
                     start, _, count = rest.partition(":")
                     return int(start), int(count)
     except (OSError, ValueError):
         pass
-    return 100000, 65536
+    return None
+
+
+def id_maps() -> list[tuple[int, int, int]]:
+    """(inside, outside, count) lines for a user namespace's uid and gid maps.
+
+    Root: its range in /etc/subuid, else 100000-165535.  An ordinary user: itself as root and
+    its /etc/subuid range above, written by the setuid newuidmap/newgidmap; without those,
+    only itself as root (which it may map alone, user_namespaces(7)).
+    """
+    uid = os.geteuid()
+    if uid == 0:
+        start, count = _subordinate("/etc/subuid", ("root", "0")) or (100000, 65536)
+        return [(0, start, count)]
+    import pwd
+    import shutil
+
+    name = pwd.getpwuid(uid).pw_name
+    sub = _subordinate("/etc/subuid", (name, str(uid)))
+    if sub and shutil.which("newuidmap") and shutil.which("newgidmap"):
+        return [(0, uid, 1), (1, sub[0], sub[1])]
+    return [(0, uid, 1)]
 
 
 def _seccomp_program(config: SandboxConfig) -> bytes | None:
@@ -158,7 +178,7 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
         upper, work = f"{stage}/upper", f"{stage}/work"
 
     steps: list[Step] = []
-    userns = _id_range() if config.userns else None
+    userns = id_maps() if config.userns else None
     parent_joins: list[str] = []
     if userns is not None:
         flags |= L.CLONE_NEWUSER
@@ -192,7 +212,9 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
     steps += mounts.sys_steps()
     if version is not None and userns is None:  # v1 hierarchies cannot be mounted in a user namespace
         steps += mounts.cgroup_steps(version, dirs)
-    steps += mounts.dev_steps(own_ipc="ipc" not in config.shared, userns=userns is not None)
+    steps += mounts.dev_steps(
+        own_ipc="ipc" not in config.shared, userns=userns is not None, tty_group=userns is None or len(userns) > 1
+    )
     steps += mounts.tmp_steps()
     if not config.privileged:
         steps += security.mask_steps(root)

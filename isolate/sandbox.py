@@ -156,7 +156,10 @@ class Sandbox:
 
     def plan(self, argv: Sequence[str], sandbox_id: str | None = None) -> Plan:
         """The steps a run of ``argv`` would take, without running anything."""
-        return build_plan(self.config.copy(), sandbox_id or new_id(), list(argv))
+        config = self.config.copy()
+        if os.geteuid() != 0:
+            rootless(config)
+        return build_plan(config, sandbox_id or new_id(), list(argv))
 
     def run(
         self,
@@ -187,8 +190,6 @@ class Sandbox:
         """
         if not argv and self.config.image is None:
             raise ConfigError("no command given: pass the command to run after --")
-        if os.geteuid() != 0:
-            raise NotRootError("must run as root (sudo isolate ...); rootless runs come with user namespaces")
         plan = self.plan(argv)
         wall = self.config.limits.wall_time
         if wall is not None and (timeout is None or wall < timeout):
@@ -209,6 +210,30 @@ class Sandbox:
             _pool = make_pool()
         helper = _pool.acquire()
         return helper, helper
+
+
+def rootless(config: SandboxConfig) -> None:
+    """Run as an ordinary user: always in a user namespace, and without cgroups unless limits ask.
+
+    A user can create user namespaces and, in one, every other kind (user_namespaces(7));
+    it cannot create cgroups outside a subtree delegated to it, which v1 never offers.
+    """
+    from .errors import HostSupportError
+
+    if config.userns is False and os.environ.get("ISOLATE_ROOTLESS") == "0":
+        raise NotRootError("must run as root (sudo isolate ...), or rootless (unset ISOLATE_ROOTLESS)")
+    config.userns = True
+    if config.limits.any_cgroup_limit or config.limits.time is not None:
+        raise HostSupportError(
+            "rootless runs have no cgroup here, so limits cannot be enforced: run as root, or on a "
+            "cgroup v2 host with a subtree delegated to your user (systemd: Delegate=yes)"
+        )
+    config.cgroups = False
+    if config.mode == "pivot_root" and config.user not in (None, (0, 0)):
+        from . import planner
+
+        if len(planner.id_maps()) == 1:
+            raise ConfigError("--user: rootless with one id maps only root; add a range to /etc/subuid (newuidmap)")
 
 
 def build_result(

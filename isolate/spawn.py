@@ -85,6 +85,10 @@ def launch(plan: Plan, stdio: tuple[int, int, int]) -> int:
                         os.write(fd, str(pid).encode())
                     finally:
                         os.close(fd)
+            except BaseException:
+                os.kill(pid, signal.SIGKILL)  # our child, not yet reaped: its pid is still its own
+                os.waitpid(pid, 0)
+                raise
             finally:
                 os.close(gow)  # end-of-file: go (a child that sees no maps fails its first step)
                 gow = -1
@@ -102,15 +106,39 @@ def launch(plan: Plan, stdio: tuple[int, int, int]) -> int:
     return pid
 
 
-def _map_ids(pid: int, mapping: tuple[int, int]) -> None:
-    """Root inside is ``start`` outside, and so on for ``count`` ids (user_namespaces(7))."""
-    start, count = mapping
-    for name in ("uid_map", "gid_map"):
-        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, f"0 {start} {count}\n".encode())
-        finally:
-            os.close(fd)
+def _map_ids(pid: int, maps: list[tuple[int, int, int]]) -> None:
+    """Write the child's uid and gid maps (user_namespaces(7)).
+
+    Root writes them itself.  A user may map only its own id, and only after denying
+    setgroups; a wider map goes through the setuid newuidmap/newgidmap, which check
+    /etc/subuid and /etc/subgid.
+    """
+    if os.geteuid() == 0 or len(maps) == 1:
+        if os.geteuid() != 0:
+            _write_proc(pid, "setgroups", "deny")
+        gid_maps = maps if os.geteuid() == 0 else [(0, os.getegid(), 1)]
+        _write_proc(pid, "uid_map", "".join(f"{a} {b} {c}\n" for a, b, c in maps))
+        _write_proc(pid, "gid_map", "".join(f"{a} {b} {c}\n" for a, b, c in gid_maps))
+        return
+    import subprocess
+
+    for tool, own in (("newuidmap", os.geteuid()), ("newgidmap", os.getegid())):
+        args = [str(pid)]
+        for inside, outside, count in maps:
+            args += [str(inside), str(own if inside == 0 else outside), str(count)]
+        done = subprocess.run([tool, *args], capture_output=True, text=True)
+        if done.returncode != 0:
+            from .errors import HostSupportError
+
+            raise HostSupportError(f"{tool} failed: {done.stderr.strip()}; check /etc/subuid and /etc/subgid")
+
+
+def _write_proc(pid: int, name: str, text: str) -> None:
+    fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def reap(pid: int) -> tuple[int, float, float]:

@@ -491,7 +491,7 @@ class Plan:
         workdir: str = "/",
         user: tuple[int, int] | None = None,
         tty: bool = False,
-        userns: tuple[int, int] | None = None,
+        userns: list[tuple[int, int, int]] | None = None,
         parent_joins: list[str] | None = None,
     ) -> None:
         self.sandbox_id = sandbox_id
@@ -516,7 +516,7 @@ class Plan:
         self.workdir = workdir  # what the command starts in (for `isolate exec` too)
         self.user = user
         self.tty = tty  # stdio is a pty: the child makes it its controlling terminal
-        self.userns = userns  # (first host id, count): root inside is that id outside
+        self.userns = userns  # (inside, outside, count) id map lines of a user namespace
         self.parent_joins = parent_joins or []  # cgroup files the parent writes the child's pid to
 
     def shell(self) -> list[str]:
