@@ -225,8 +225,8 @@ def rootless(config: SandboxConfig) -> None:
     config.userns = True
     if config.limits.any_cgroup_limit or config.limits.time is not None:
         raise HostSupportError(
-            "rootless runs have no cgroup here, so limits cannot be enforced: run as root, or on a "
-            "cgroup v2 host with a subtree delegated to your user (systemd: Delegate=yes)"
+            "rootless runs have no cgroup, so limits cannot be enforced: run as root for limits "
+            "(isolate does not yet use a cgroup v2 subtree delegated to a user)"
         )
     config.cgroups = False
     if config.mode == "pivot_root" and config.user not in (None, (0, 0)):

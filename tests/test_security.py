@@ -67,6 +67,11 @@ try:
 except OSError as exc:
     out["write_sysctl"] = exc.errno
 out["timer_list"] = len(open("/proc/timer_list").read())              # masked: /dev/null
+try:
+    os.kill(int(sys.argv[3]), 0)                                      # signal 0: a check, nothing sent
+    out["kill_host_process"] = 0
+except OSError as exc:
+    out["kill_host_process"] = exc.errno
 out["proc1_root"] = sorted(os.listdir("/proc/1/root"))
 out["no_new_privs"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("NoNewPrivs")][0]
 out["cap_eff"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
@@ -77,7 +82,8 @@ print(json.dumps(out))
 
 def probe(**options: object) -> dict[str, object]:
     disk = os.stat("/").st_dev
-    result = Sandbox(**options).run(["python3", "-c", PROBE, json.dumps(NR), str(disk)], capture=True)  # type: ignore[arg-type]
+    argv = ["python3", "-c", PROBE, json.dumps(NR), str(disk), str(os.getpid())]
+    result = Sandbox(**options).run(argv, capture=True)  # type: ignore[arg-type]
     assert result.exit_code == 0, result.stderr
     return json.loads(result.stdout or b"{}")  # type: ignore[no-any-return]
 
@@ -197,3 +203,28 @@ def test_exec_gets_the_same_defences(busybox_root: Path) -> None:
         deadline = time.monotonic() + 5
         while os.path.exists(socket_path(DEFAULT_STATE_DIR)) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def test_host_processes_are_out_of_reach(default: dict[str, object], privileged: dict[str, object]) -> None:
+    # The pid namespace: this test's own pid names nothing inside, privileged or not.
+    assert default["kill_host_process"] == errno.ESRCH and privileged["kill_host_process"] == errno.ESRCH
+
+
+def test_setuid_binary_grants_nothing(tmp_path: Path) -> None:
+    """A setuid-root copy of python run by user 1000: no_new_privs keeps its euid at 1000."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="isolate-suid-", dir="/var/tmp"))
+    try:
+        folder.chmod(0o755)
+        binary = folder / "python-suid"
+        shutil.copy("/usr/bin/python3", binary)
+        binary.chmod(0o4755)
+        argv = ["/data/python-suid", "-c", "import os; print(os.geteuid())"]
+        default = Sandbox(user="1000", volumes=[f"{folder}:/data:ro"]).run(argv, capture=True)
+        privileged = Sandbox(user="1000", privileged=True, volumes=[f"{folder}:/data:ro"]).run(argv, capture=True)
+        assert default.stdout == b"1000\n", default.stderr
+        assert privileged.stdout == b"0\n", privileged.stderr  # what no_new_privs prevents
+    finally:
+        shutil.rmtree(folder)
