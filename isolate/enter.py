@@ -16,6 +16,7 @@ import os
 
 from . import _libc, spawn, state
 from .errors import ConfigError
+from .spec import JoinCgroup
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -124,12 +125,7 @@ class _Launcher:
     def _child(self, stdio: tuple[int, int, int], errw: int) -> None:
         what = "joining the sandbox"
         try:
-            for path in self.joins:
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, b"0")
-                finally:
-                    os.close(fd)
+            JoinCgroup(self.joins).apply("/")
             what = "setns"
             for fd in self.ns_fds:
                 _libc.setns(fd, 0)
