@@ -223,17 +223,55 @@ def rootless(config: SandboxConfig) -> None:
     if config.userns is False and os.environ.get("ISOLATE_ROOTLESS") == "0":
         raise NotRootError("must run as root (sudo isolate ...), or rootless (unset ISOLATE_ROOTLESS)")
     config.userns = True
+    parent = delegated_cgroup_parent()
+    if parent is not None and config.cgroups is not False:
+        config.cgroup_parent = parent
+        return _check_user(config)
     if config.limits.any_cgroup_limit or config.limits.time is not None:
         raise HostSupportError(
-            "rootless runs have no cgroup, so limits cannot be enforced: run as root for limits "
-            "(isolate does not yet use a cgroup v2 subtree delegated to a user)"
+            "rootless runs have no cgroup here, so limits cannot be enforced: run as root, or from a "
+            "cgroup v2 subtree delegated to your user (systemd: Delegate=yes), whose parent you own"
         )
     config.cgroups = False
+    _check_user(config)
+
+
+def _check_user(config: SandboxConfig) -> None:
     if config.mode == "pivot_root" and config.user not in (None, (0, 0)):
         from . import planner
 
         if len(planner.id_maps()) == 1:
             raise ConfigError("--user: rootless with one id maps only root; add a range to /etc/subuid (newuidmap)")
+
+
+def delegated_cgroup_parent() -> str | None:
+    """For a user: ``<parent of its own cgroup>/isolate`` when that parent is delegated to it.
+
+    cgroup v2 lets a user move a process between two cgroups when it may write the
+    cgroup.procs of their common ancestor (cgroup-v2.rst, "Delegation Containment"): with
+    the caller's own cgroup and the sandboxes both below a parent the user owns, isolate
+    can create, limit and fill sandbox cgroups there.  systemd's Delegate=yes sets this up.
+    """
+    from . import cgroups
+
+    lay = cgroups.layout()
+    if lay.kind != "v2" or not {"memory", "cpu", "pids"} <= lay.v2_controllers:
+        return None
+    try:
+        with open("/proc/self/cgroup") as f:
+            own = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
+    except (OSError, StopIteration):
+        return None
+    parent = os.path.dirname(own.rstrip("/"))
+    if parent in ("", "/"):
+        return None  # the root cgroup is never delegated
+    path = os.path.join(lay.v2_mount, parent.lstrip("/"))
+    try:
+        if os.stat(path).st_uid != os.geteuid() or not os.access(os.path.join(path, "cgroup.procs"), os.W_OK):
+            return None
+    except OSError:
+        return None
+    return os.path.join(parent.lstrip("/"), "isolate")
 
 
 def build_result(

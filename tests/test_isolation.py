@@ -168,3 +168,45 @@ def test_user_namespace_keeps_limits_and_defences() -> None:
     assert hog.status == "oom-killed"
     status = Sandbox(userns=True).run(["grep", "-E", "NoNewPrivs|Seccomp:", "/proc/self/status"], capture=True)
     assert (status.stdout or b"").split() == [b"NoNewPrivs:", b"1", b"Seccomp:", b"2"]
+
+
+def test_rootless_limits_need_a_delegated_cgroup() -> None:
+    """A user's sandboxes get limits in a cgroup v2 subtree delegated to it (as systemd's Delegate=yes)."""
+    import json
+    import shutil
+    import subprocess
+
+    from conftest import ISOLATE_BIN
+
+    from isolate import cgroups
+
+    lay = cgroups.layout()
+    nobody = "setpriv --reuid 65534 --regid 65534 --clear-groups"
+    run = f"{nobody} {ISOLATE_BIN} run --json --memory 32M --memory-swap 32M -- python3 -c 'bytearray(128 << 20)'"
+    state_existed = os.path.exists("/tmp/isolate-65534")
+    if lay.kind != "v2":  # nothing can be delegated on v1: one clear line
+        proc = subprocess.run(["sh", "-c", run], capture_output=True, cwd="/", timeout=60)
+        assert proc.returncode == 125 and proc.stderr.startswith(b"isolate: rootless runs have no cgroup here")
+        if not state_existed:
+            shutil.rmtree("/tmp/isolate-65534", ignore_errors=True)
+        return
+    deleg = Path(lay.v2_mount) / f"isolate-test-deleg-{os.getpid()}"
+    session = deleg / "session"
+    try:
+        session.mkdir(parents=True)
+        for d in (deleg, session):  # what delegation hands over (cgroup-v2.rst, "Delegation")
+            for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
+                os.chown(d / name if name else d, 65534, 65534)
+        # the user's process sits in a leaf of its subtree, the sandboxes go beside it
+        proc = subprocess.run(["sh", "-c", f"echo $$ > {session}/cgroup.procs && exec {run}"], capture_output=True,
+                              cwd="/", timeout=120)  # fmt: skip
+        result = json.loads(proc.stdout.decode().splitlines()[-1])
+        assert proc.returncode == 137 and result["status"] == "oom-killed" and result["cgroup"] == "v2", proc.stderr
+        assert os.listdir(deleg / "isolate") and not [d for d in os.listdir(deleg / "isolate")
+                                                       if (deleg / "isolate" / d).is_dir()]  # fmt: skip
+    finally:
+        for d in (deleg / "isolate", session, deleg):
+            if d.exists():
+                d.rmdir()
+        if not state_existed:
+            shutil.rmtree("/tmp/isolate-65534", ignore_errors=True)
