@@ -107,6 +107,8 @@ RUN_OPTIONS = [
         multiple=True,
     ),
     Opt(("--oom-score-adj",), "The sandbox's OOM-killer bias, -1000..1000.", "N"),
+    Opt(("--explain",), "Print every step (the plan the runtime executes) as shell commands, then run.", flag=True),
+    Opt(("--dry-run",), "With or without --explain: print the plan and run nothing.", flag=True),
     Opt(("--json",), "Print the run result as JSON on stdout after the command's own output.", flag=True),
     Opt(("--result-file",), "Write the run result as JSON to this file.", "PATH"),
     Opt(("--meta",), "Write the run result as ioi/isolate's key:value meta file.", "PATH"),

@@ -96,7 +96,21 @@ def execute_run(opts: dict[str, object], command: list[str]) -> int:
             return 0
         if text("name"):
             raise ConfigError("--name names a detached sandbox: add -d")
-        result = sandbox.run(command, forward_signals=True, tty=bool(opts.get("tty")))
+        plan = sandbox.plan(command)
+        if opts.get("explain") or opts.get("dry_run"):
+            from .explain import explain
+
+            print("\n".join(explain(plan)), file=sys.stderr if not opts.get("dry_run") else sys.stdout)
+            if opts.get("dry_run"):
+                return 0
+        trace = os.environ.get("ISOLATE_TRACE")
+        if trace:  # every step executed, as shell: what --explain is checked against
+            plan.trace_fd = os.open(trace, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            result = sandbox.run_plan(plan, forward_signals=True, tty=bool(opts.get("tty")))
+        finally:
+            if plan.trace_fd >= 0:
+                os.close(plan.trace_fd)
     except IsolateError as exc:
         print(f"isolate: {exc}", file=sys.stderr)
         result = RunResult(status="isolate-error", exit_code=exc.exit_code, error=str(exc))

@@ -191,6 +191,23 @@ class Sandbox:
         if not argv and self.config.image is None:
             raise ConfigError("no command given: pass the command to run after --")
         plan = self.plan(argv)
+        return self.run_plan(plan, capture=capture, input=input, stdin=stdin, stdout=stdout, stderr=stderr,
+                             timeout=timeout, forward_signals=forward_signals, tty=tty)  # fmt: skip
+
+    def run_plan(
+        self,
+        plan: Plan,
+        *,
+        capture: bool = False,
+        input: bytes | None = None,
+        stdin: int | IO[Any] | None = None,
+        stdout: int | IO[Any] | None = None,
+        stderr: int | IO[Any] | None = None,
+        timeout: float | None = None,
+        forward_signals: bool = False,
+        tty: bool = False,
+    ) -> RunResult:
+        """Run a plan made by :meth:`plan` (what ``--explain`` printed is what runs)."""
         wall = self.config.limits.wall_time
         if wall is not None and (timeout is None or wall < timeout):
             timeout = wall

@@ -217,6 +217,8 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: i
             while first < len(plan.steps) and isinstance(plan.steps[first], (JoinCgroup, UnshareCgroupNamespace)):
                 step = plan.steps[first]
                 step.apply(plan.root)
+                if plan.trace_fd >= 0:
+                    os.write(plan.trace_fd, (step.shell(plan.root) + "\n").encode())
                 first += 1
             step = None
             worker = os.fork()
@@ -233,6 +235,8 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: i
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         for step in plan.steps[first:]:
             step.apply(plan.root)
+            if plan.trace_fd >= 0:
+                os.write(plan.trace_fd, (step.shell(plan.root) + "\n").encode())
         step = None
         _exec(plan, errw)
     except BaseException as exc:  # noqa: BLE001 - everything must reach the parent

@@ -465,6 +465,7 @@ class Plan:
         "tty",
         "userns",
         "parent_joins",
+        "trace_fd",
     )
 
     def __init__(
@@ -493,6 +494,7 @@ class Plan:
         tty: bool = False,
         userns: list[tuple[int, int, int]] | None = None,
         parent_joins: list[str] | None = None,
+        trace_fd: int = -1,
     ) -> None:
         self.sandbox_id = sandbox_id
         self.clone_flags = clone_flags
@@ -518,6 +520,7 @@ class Plan:
         self.tty = tty  # stdio is a pty: the child makes it its controlling terminal
         self.userns = userns  # (inside, outside, count) id map lines of a user namespace
         self.parent_joins = parent_joins or []  # cgroup files the parent writes the child's pid to
+        self.trace_fd = trace_fd  # each step executed is written here as shell (ISOLATE_TRACE)
 
     def shell(self) -> list[str]:
         """The steps as shell commands, in order, for ``--explain``."""
@@ -533,6 +536,8 @@ class Plan:
             ]
             if self.clone_flags & f
         ]
+        if self.clone_flags & _libc.CLONE_NEWUSER:
+            flags.insert(0, (_libc.CLONE_NEWUSER, "--user"))
         lines = ["unshare " + " ".join(n for _, n in flags)]
         lines += [s.shell(self.root) for s in self.steps]
         lines.append("exec " + " ".join(_q(a) for a in self.argv))

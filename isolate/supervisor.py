@@ -95,7 +95,11 @@ def _create_cgroup(plan: Plan) -> Cgroup | None:
         from .errors import HostSupportError
 
         raise HostSupportError("the cgroup layout changed while isolate was running; see isolate doctor")
-    group, _writes = backend.create(  # type: ignore[attr-defined]
+    group, writes = backend.create(  # type: ignore[attr-defined]
         plan.sandbox_id, plan.cgroup_parent, plan.limits, plan.share_pid
     )
+    if plan.trace_fd >= 0:  # what was really done, to compare with --explain (tests do)
+        from .explain import cgroup_lines
+
+        os.write(plan.trace_fd, "".join(line + "\n" for line in cgroup_lines(plan, writes)).encode())
     return group  # type: ignore[no-any-return]

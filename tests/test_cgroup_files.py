@@ -38,7 +38,7 @@ def test_v2_writes(tmp_path: Path) -> None:
     expected = {"memory.max": "67108864", "memory.swap.max": str(32 << 20), "cpu.max": "50000 100000",
                 "cpu.weight": "200", "cpuset.cpus": "0", "pids.max": "32", "io.weight": "default 50"}  # fmt: skip
     assert {name: (box / name).read_text() for name in expected} == expected
-    assert dict(writes) == expected
+    assert dict(writes) == {str(box / name): value for name, value in expected.items()}
     # controllers handed down to the sandboxes below isolate/
     assert (tmp_path / "isolate" / "cgroup.subtree_control").read_text() == "+cpu +cpuset +io +memory +pids"
     assert group.join_files() == [str(box / "cgroup.procs")]

@@ -91,35 +91,60 @@ class V1Cgroup(Cgroup):
             raise HostSupportError(f"cgroup: writing {value!r} to {path} failed: {exc.strerror}") from None
         writes.append((path, str(value)))
 
-    def apply(self, limits: Limits) -> list[tuple[str, str]]:
-        writes: list[tuple[str, str]] = []
+    def planned(self, limits: Limits) -> list[tuple[str, str, object]]:
+        """(controller, attribute or "file:NAME", value) that ``apply`` sets, in order."""
+        todo: list[tuple[str, str, object]] = []
         if limits.memory is not None:
-            self._set("memory", "limit_in_bytes", limits.memory, writes)
+            todo.append(("memory", "limit_in_bytes", limits.memory))
             if limits.memory_swap is not None:
-                if not os.path.exists(os.path.join(self.dirs["memory"], "memory.memsw.limit_in_bytes")):
+                if "memory" in self.dirs and not os.path.exists(
+                    os.path.join(os.path.dirname(self.dirs["memory"]), "memory.memsw.limit_in_bytes")
+                ):
                     raise HostSupportError("--memory-swap: swap accounting is off; boot with swapaccount=1")
-                self._set("memory", "memsw_limit_in_bytes", limits.memory_swap, writes)
+                todo.append(("memory", "memsw_limit_in_bytes", limits.memory_swap))
         if limits.cpus is not None:
-            self._set("cpu", "cfs_period_us", 100000, writes)
-            self._set("cpu", "cfs_quota_us", round(limits.cpus * 100000), writes)
+            todo.append(("cpu", "cfs_period_us", 100000))
+            todo.append(("cpu", "cfs_quota_us", round(limits.cpus * 100000)))
         if limits.cpu_weight is not None:
             # The conversion runc and crun use between v2's weight and v1's shares.
-            self._set("cpu", "shares", 2 + (limits.cpu_weight - 1) * 262142 // 9999, writes)
+            todo.append(("cpu", "shares", 2 + (limits.cpu_weight - 1) * 262142 // 9999))
         if limits.cpuset is not None:
             # A v1 cpuset group starts with empty cpus and mems and refuses tasks until both
             # are set; mems comes from the parent.
-            parent = os.path.dirname(self.dirs["cpuset"])
-            mems = read(os.path.join(parent, "cpuset.mems"))
-            self._write_raw("cpuset", "cpuset.mems", mems, writes)
-            self._write_raw("cpuset", "cpuset.cpus", limits.cpuset, writes)
+            try:
+                mems = read(os.path.join(os.path.dirname(self.dirs["cpuset"]), "cpuset.mems"))
+            except OSError:
+                mems = "(the parent's cpuset.mems)"
+            todo.append(("cpuset", "file:cpuset.mems", mems))
+            todo.append(("cpuset", "file:cpuset.cpus", limits.cpuset))
         if limits.pids is not None:
-            self._set("pids", "max", limits.pids, writes)
+            todo.append(("pids", "max", limits.pids))
         if limits.io_weight is not None:
             raise HostSupportError(
                 "--io-weight needs blkio.weight, which the v1 blkio controller offers only with the "
                 "CFQ scheduler (gone since Linux 5.0); use a cgroup v2 host (io.weight)"
             )
+        return todo
+
+    def apply(self, limits: Limits) -> list[tuple[str, str]]:
+        writes: list[tuple[str, str]] = []
+        for controller, attr, value in self.planned(limits):
+            if attr.startswith("file:"):
+                self._write_raw(controller, attr[5:], str(value), writes)
+            else:
+                self._set(controller, attr, value, writes)
         return writes
+
+    def describe(self, limits: Limits) -> list[tuple[str, str]]:
+        """(path, value) of each write ``apply`` makes (cgroupspy's attribute -> its file)."""
+        out = []
+        for controller, attr, value in self.planned(limits):
+            if attr.startswith("file:"):
+                name = attr[5:]
+            else:
+                name = os.fsdecode(type(self.ctl[controller]).__dict__[attr].filename)
+            out.append((os.path.join(self.dirs[controller], name), str(value)))
+        return out
 
     def _write_raw(self, controller: str, name: str, value: str, writes: list[tuple[str, str]]) -> None:
         # CommaDashSetFile would re-format the list; the kernel's own syntax is written as is.

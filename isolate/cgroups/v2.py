@@ -24,12 +24,21 @@ class V2Cgroup(Cgroup):
         return self.dirs["unified"]
 
     def apply(self, limits: Limits) -> list[tuple[str, str]]:
+        """Write the limits; returns the (path, value) pairs written, in order."""
+        writes = self.describe(limits)
+        for path, value in writes:
+            write(path, value)
+        return writes
+
+    def planned(self, limits: Limits) -> list[tuple[str, str]]:
+        """(file, value) pairs that ``apply`` writes, in order; nothing is touched."""
         writes: list[tuple[str, str]] = []
         if limits.memory is not None:
             writes.append(("memory.max", str(limits.memory)))
             # memory.swap.max counts swap alone; --memory-swap is memory plus swap (docker).
             swap = 0 if limits.memory_swap is None else limits.memory_swap - limits.memory
-            if limits.memory_swap is not None or os.path.exists(os.path.join(self.path, "memory.swap.max")):
+            parent = os.path.dirname(self.path)
+            if limits.memory_swap is not None or os.path.exists(os.path.join(parent, "memory.swap.max")):
                 writes.append(("memory.swap.max", str(swap)))
         if limits.cpus is not None:
             writes.append(("cpu.max", f"{round(limits.cpus * 100000)} 100000"))
@@ -41,9 +50,10 @@ class V2Cgroup(Cgroup):
             writes.append(("pids.max", str(limits.pids)))
         if limits.io_weight is not None:
             writes.append(("io.weight", f"default {limits.io_weight}"))
-        for name, value in writes:
-            write(os.path.join(self.path, name), value)
         return writes
+
+    def describe(self, limits: Limits) -> list[tuple[str, str]]:
+        return [(os.path.join(self.path, name), value) for name, value in self.planned(limits)]
 
     def cpu_usage(self) -> float:
         return read_keyed(os.path.join(self.path, "cpu.stat")).get("usage_usec", 0) / 1e6
