@@ -428,3 +428,71 @@ def stats(no_stream: bool, as_json: bool, name: str) -> None:
             return
         previous = current
         time.sleep(1)
+
+
+@cli.group()
+def lab() -> None:
+    """Guided labs: each primitive at work, the commands that show it, and a check."""
+
+
+@lab.command("list")
+def lab_list() -> None:
+    """List the labs."""
+    from .labs import LABS
+
+    for item in LABS:
+        click.echo(f"{item.number:3}  {item.title}")
+
+
+@lab.command("show")
+@click.argument("number", type=int)
+def lab_show(number: int) -> None:
+    """Print a lab's text and the commands to try."""
+    from .labs import command_line, get
+
+    try:
+        item = get(number)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Lab {item.number}: {item.title}\n\n{item.text}\n\nTry:")
+    for demo in item.demos:
+        click.echo(f"  # {demo.why}\n  {command_line(demo)}")
+
+
+@lab.command("run")
+@click.argument("number", type=int)
+def lab_run(number: int) -> None:
+    """Run a lab's commands and show what each printed."""
+    from .labs import command_line, get, run_demo, unavailable
+
+    item = get(number)
+    reason = unavailable(item)
+    if reason:
+        raise click.ClickException(reason)
+    click.echo(f"Lab {item.number}: {item.title}\n\n{item.text}\n")
+    for demo in item.demos:
+        click.echo(f"# {demo.why}\n$ {command_line(demo)}")
+        _, out, err = run_demo(demo)
+        click.echo((out + err).rstrip())
+        problem = demo.expect(out, err)  # also cleans up what a demo kept (lab 6's upper layer)
+        click.echo(f"  -> {'unexpected: ' + problem if problem else 'as the lab says'}\n")
+
+
+@lab.command("check")
+@click.argument("number", type=int)
+def lab_check(number: int) -> None:
+    """Run a lab again and check that the system does what the lab says; exit 1 if not."""
+    from .labs import command_line, get, run_demo, unavailable
+
+    item = get(number)
+    reason = unavailable(item)
+    if reason:
+        raise click.ClickException(reason)
+    failed = 0
+    for demo in item.demos:
+        _, out, err = run_demo(demo)
+        problem = demo.expect(out, err)
+        click.echo(f"[{'FAIL' if problem else 'ok  '}] {demo.why}" + (f": {problem}\n       {command_line(demo)}"
+                                                                       if problem else ""))  # fmt: skip
+        failed += bool(problem)
+    sys.exit(1 if failed else 0)
