@@ -450,10 +450,7 @@ def lab_show(number: int) -> None:
     """Print a lab's text and the commands to try."""
     from .labs import command_line, get
 
-    try:
-        item = get(number)
-    except LookupError as exc:
-        raise click.ClickException(str(exc)) from None
+    item = get(number)
     click.echo(f"Lab {item.number}: {item.title}\n\n{item.text}\n\nTry:")
     for demo in item.demos:
         click.echo(f"  # {demo.why}\n  {command_line(demo)}")
@@ -496,3 +493,22 @@ def lab_check(number: int) -> None:
                                                                        if problem else ""))  # fmt: skip
         failed += bool(problem)
     sys.exit(1 if failed else 0)
+
+
+@cli.group()
+def net() -> None:
+    """Networks between sandboxes."""
+
+
+@net.command("connect")
+@click.option("--subnet", default="10.213.0.0/30", show_default=True, help="Addresses for the two ends.")
+@click.argument("first")
+@click.argument("second")
+def net_connect(subnet: str, first: str, second: str) -> None:
+    """Join two running sandboxes with a veth pair; print their addresses."""
+    from .lifecycle import find
+    from .network import connect
+
+    state_dir = _state_dir()
+    a, b = connect(find(state_dir, first), find(state_dir, second), subnet)
+    click.echo(f"{first} {a}\n{second} {b}")

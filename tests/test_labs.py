@@ -13,6 +13,20 @@ import pytest
 from isolate.labs import LABS, command_line
 
 
+@pytest.fixture(autouse=True)
+def quiet_monitor() -> Iterator[None]:
+    """Lab 14 starts detached sandboxes: once removed, the idle monitor exits with its socket."""
+    import time
+
+    from isolate.config import default_state_dir
+    from isolate.monitor import socket_path
+
+    yield
+    deadline = time.monotonic() + 5
+    while os.path.exists(socket_path(default_state_dir())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     store = tmp_path_factory.mktemp("lab-store")

@@ -316,6 +316,31 @@ Code: isolate/security.py, isolate/seccomp.py.""",
         ],
     ),  # fmt: skip
     Lab(
+        14,
+        "network namespaces and a veth pair",
+        """
+Each sandbox has its own network namespace: only lo, no route out.  A veth pair is two
+interfaces joined back to back; with one end in each sandbox (moved there by netlink) and
+the two addresses of a /30, the two sandboxes reach each other and nothing else.
+Code: isolate/network.py (pyroute2), isolate/spec.py (LoopbackUp).""",
+        [
+            Demo(["rm", "-f", "lab-a", "lab-b"], "start clean (errors are fine here)", lambda out, err: None),
+            Demo(["image", "build-busybox", "lab-busybox"], "a busybox image (it has ping)", _has("lab-busybox")),
+            Demo(["run", "-d", "--name", "lab-a", *BB, "--", "sleep", "60"], "sandbox a", lambda out, err: None),
+            Demo(["run", "-d", "--name", "lab-b", *BB, "--", "sleep", "60"], "sandbox b", lambda out, err: None),
+            Demo(["exec", "lab-a", "ip", "-o", "link"], "before: a has only lo", _has("lo")),
+            Demo(["net", "connect", "lab-a", "lab-b"], "a veth pair between them", _has("lab-a 10.213.0.1")),
+            Demo(
+                ["exec", "lab-a", "ping", "-c", "1", "-W", "2", "10.213.0.2"], "a reaches b", _has("1 packets received")
+            ),
+            Demo(
+                ["rm", "-f", "lab-a", "lab-b"],
+                "remove both (their ends of the pair go with them)",
+                lambda out, err: None,
+            ),
+        ],
+    ),  # fmt: skip
+    Lab(
         13,
         "user namespaces",
         """
@@ -333,11 +358,16 @@ running isolate always gets one (rootless).  Code: isolate/spawn.py (_map_ids)."
 ]
 
 
+LABS.sort(key=lambda lab: lab.number)
+
+
 def get(number: int) -> Lab:
     for lab in LABS:
         if lab.number == number:
             return lab
-    raise LookupError(f"no lab {number}; `isolate lab list` lists them")
+    from ..errors import ConfigError
+
+    raise ConfigError(f"no lab {number}; `isolate lab list` lists them")
 
 
 def command_line(demo: Demo) -> str:
