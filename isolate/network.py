@@ -38,6 +38,20 @@ def connect(first: dict[str, Any], second: dict[str, Any], subnet: str = "10.213
     except ImportError:
         raise HostSupportError("isolate net needs pyroute2: pip install pyroute2") from None
     names = (f"iso{str(first['id'])[:8]}", f"iso{str(second['id'])[:8]}")
+    try:
+        _create_pair(IPRoute, names, first, second)
+    except HostSupportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - netlink's answer, as one line
+        raise HostSupportError(
+            f"netlink refused the veth pair {names[0]}/{names[1]}: {exc} (already connected?)"
+        ) from None
+    for name, record, address in zip(names, (first, second), hosts):
+        _configure(int(record["pid"]), name, str(address), net.prefixlen)
+    return str(hosts[0]), str(hosts[1])
+
+
+def _create_pair(IPRoute: Any, names: tuple[str, str], first: dict[str, Any], second: dict[str, Any]) -> None:  # noqa: N803
     with IPRoute() as ipr:
         ipr.link("add", ifname=names[0], kind="veth", peer=names[1])
         try:
@@ -50,9 +64,6 @@ def connect(first: dict[str, Any], second: dict[str, Any], subnet: str = "10.213
                     ipr.link("del", ifname=name)
                     break
             raise
-    for name, record, address in zip(names, (first, second), hosts):
-        _configure(int(record["pid"]), name, str(address), net.prefixlen)
-    return str(hosts[0]), str(hosts[1])
 
 
 def _configure(pid: int, ifname: str, address: str, prefixlen: int) -> None:

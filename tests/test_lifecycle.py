@@ -203,3 +203,16 @@ def test_run_it_under_a_real_terminal(busybox_root: Path) -> None:
     assert "pid=1" in text and "33 101" in text  # PID 1, and the window size of the caller's terminal
     assert "Running" in text and "sleep 30" in text and "done" in text  # job control: jobs lists the job
     assert pid and os.waitstatus_to_exitcode(status) == 4, text
+
+
+def test_net_connect(busybox_root: Path) -> None:
+    start(busybox_root, "sleep", "30", options=("--name", "net-a"))
+    start(busybox_root, "sleep", "30", options=("--name", "net-b"))
+    connected = cli("net", "connect", "--subnet", "10.214.0.0/30", "net-a", "net-b")
+    assert connected.stdout == b"net-a 10.214.0.1\nnet-b 10.214.0.2\n", connected.stderr
+    assert b"1 packets received" in cli("exec", "net-a", "ping", "-c", "1", "-W", "2", "10.214.0.2").stdout
+    again = cli("net", "connect", "net-a", "net-b")
+    assert again.returncode == 125 and again.stderr.startswith(b"isolate: netlink refused the veth pair")
+    assert again.stderr.count(b"\n") == 1
+    bad = cli("net", "connect", "--subnet", "10.214.0.0/32", "net-a", "net-b")
+    assert bad.returncode == 125 and b"needs room for two addresses" in bad.stderr
