@@ -58,6 +58,11 @@ def load_docker_profile(path: str) -> dict[str, Any]:
             doc = json.load(f)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--seccomp {path}: cannot read a JSON profile ({exc})") from None
+    return profile_from_doc(doc, f"--seccomp {path}")
+
+
+def profile_from_doc(doc: dict[str, Any], where: str) -> dict[str, Any]:
+    """A docker profile or an OCI ``linux.seccomp`` object (the same fields) as our profile dict."""
 
     def action(name: str, errno_ret: int | None) -> list[Any]:
         name = name.upper()
@@ -69,7 +74,7 @@ def load_docker_profile(path: str) -> dict[str, Any]:
             return ["kill"]
         if name == "SCMP_ACT_LOG":
             return ["log"]
-        raise ConfigError(f"--seccomp {path}: action {name} is not supported; use ALLOW, ERRNO, KILL or LOG")
+        raise ConfigError(f"{where}: action {name} is not supported; use ALLOW, ERRNO, KILL or LOG")
 
     ops = {"SCMP_CMP_EQ": "eq", "SCMP_CMP_NE": "ne", "SCMP_CMP_LT": "lt", "SCMP_CMP_LE": "le", "SCMP_CMP_GT": "gt",
            "SCMP_CMP_GE": "ge", "SCMP_CMP_MASKED_EQ": "masked_eq"}  # fmt: skip
@@ -80,7 +85,7 @@ def load_docker_profile(path: str) -> dict[str, Any]:
             for name in group.get("names") or [group.get("name")]:
                 profile["rules"].append([action(group["action"], group.get("errnoRet")), name, args])
     except (KeyError, TypeError) as exc:
-        raise ConfigError(f"--seccomp {path}: not a seccomp profile (missing {exc})") from None
+        raise ConfigError(f"{where}: not a seccomp profile (missing {exc})") from None
     return profile
 
 

@@ -1,0 +1,430 @@
+"""From a bundle's config.json (runtime-spec 1.x) to the ordered steps that build the container.
+
+The order is runc's (libcontainer/rootfs_linux.go): join the cgroup, propagation, the root
+bound onto itself, the config's mounts in their order, devices, the hooks' sync point,
+hostname, pivot_root, masked and read-only paths, sysctls, the console, the working
+directory, rlimits, the command's lookup, then -- after ``start`` -- no_new_privs, user
+and capabilities, seccomp and exec.  Steps from isolate's own planner are reused where the
+meaning is the same (cgroup join, hostname, pivot_root, read-only root, seccomp).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .. import _libc as L
+from ..errors import ConfigError
+from ..seccomp import LoadSeccomp
+from ..spec import Chdir, JoinCgroup, NoNewPrivs, PivotRoot, RemountRootReadOnly, SetHostname, Step
+from ..spec import UnshareCgroupNamespace as UnshareCgroupNs
+from . import steps as S
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+# runc's mount option table (libcontainer/specconv): flag to set, flag to clear.
+FLAGS: dict[str, tuple[int, int]] = {
+    "ro": (L.MS_RDONLY, 0), "rw": (0, L.MS_RDONLY),
+    "nosuid": (L.MS_NOSUID, 0), "suid": (0, L.MS_NOSUID),
+    "nodev": (L.MS_NODEV, 0), "dev": (0, L.MS_NODEV),
+    "noexec": (L.MS_NOEXEC, 0), "exec": (0, L.MS_NOEXEC),
+    "sync": (16, 0), "async": (0, 16), "dirsync": (128, 0),
+    "mand": (64, 0), "nomand": (0, 64),
+    "noatime": (L.MS_NOATIME, 0), "atime": (0, L.MS_NOATIME),
+    "nodiratime": (2048, 0), "diratime": (0, 2048),
+    "relatime": (1 << 21, 0), "norelatime": (0, 1 << 21),
+    "strictatime": (L.MS_STRICTATIME, 0), "nostrictatime": (0, L.MS_STRICTATIME),
+    "nosymfollow": (256, 0), "symfollow": (0, 256),
+    "bind": (L.MS_BIND, 0), "rbind": (L.MS_BIND | L.MS_REC, 0),
+    "remount": (L.MS_REMOUNT, 0), "defaults": (0, 0),
+}  # fmt: skip
+PROPAGATION = {
+    "private": L.MS_PRIVATE, "shared": L.MS_SHARED, "slave": L.MS_SLAVE, "unbindable": 1 << 17,
+    "rprivate": L.MS_PRIVATE | L.MS_REC, "rshared": L.MS_SHARED | L.MS_REC, "rslave": L.MS_SLAVE | L.MS_REC,
+    "runbindable": (1 << 17) | L.MS_REC,
+}  # fmt: skip
+# Options engines pass that mean nothing to the kernel here (SELinux relabel, podman's copy-up).
+IGNORED_OPTIONS = {"z", "Z", "tmpcopyup", "notmpcopyup", "copy", "nocopy", "U", "O"}
+# Recursive mount attributes (mount_setattr(2)): applied to the top mount only.
+RECURSIVE = {"rro": "ro", "rrw": "rw", "rnosuid": "nosuid", "rsuid": "suid", "rnodev": "nodev", "rdev": "dev",
+             "rnoexec": "noexec", "rexec": "exec", "rnoatime": "noatime", "ratime": "atime",
+             "rnodiratime": "nodiratime", "rdiratime": "diratime", "rrelatime": "relatime",
+             "rnorelatime": "norelatime", "rstrictatime": "strictatime", "rnostrictatime": "nostrictatime"}  # fmt: skip
+DEFAULT_DEVICES = [("/dev/null", 1, 3), ("/dev/zero", 1, 5), ("/dev/full", 1, 7), ("/dev/random", 1, 8),
+                   ("/dev/urandom", 1, 9), ("/dev/tty", 5, 0)]  # fmt: skip
+DEV_LINKS = [("/proc/self/fd", "/dev/fd"), ("/proc/self/fd/0", "/dev/stdin"), ("/proc/self/fd/1", "/dev/stdout"),
+             ("/proc/self/fd/2", "/dev/stderr")]  # fmt: skip
+RLIMITS = {
+    "RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK": 3, "RLIMIT_CORE": 4, "RLIMIT_RSS": 5,
+    "RLIMIT_NPROC": 6, "RLIMIT_NOFILE": 7, "RLIMIT_MEMLOCK": 8, "RLIMIT_AS": 9, "RLIMIT_LOCKS": 10,
+    "RLIMIT_SIGPENDING": 11, "RLIMIT_MSGQUEUE": 12, "RLIMIT_NICE": 13, "RLIMIT_RTPRIO": 14, "RLIMIT_RTTIME": 15,
+}  # fmt: skip
+# Namespaced sysctls (runc's validator): anything else would change the host, and is refused.
+SYSCTL_IPC = {"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax",
+              "kernel.shmmni", "kernel.shm_rmid_forced"}  # fmt: skip
+U64_MAX = (1 << 64) - 1
+
+
+def load(bundle: str) -> dict[str, Any]:
+    path = os.path.join(bundle, "config.json")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file or directory; a bundle holds config.json and its root") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read the bundle's config: {exc}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: not a runtime-spec config (expected a JSON object)")
+    version = str(config.get("ociVersion", ""))
+    if not version.startswith("1."):
+        raise ConfigError(f"{path}: ociVersion {version!r} is not supported; isolate-oci reads runtime-spec 1.x")
+    return config
+
+
+def rootfs_path(bundle: str, config: dict[str, Any]) -> str:
+    root = (config.get("root") or {}).get("path")
+    if not root:
+        raise ConfigError("config.json: root.path is missing; name the bundle's root filesystem directory")
+    path = root if root.startswith("/") else os.path.join(bundle, root)
+    if not os.path.isdir(path):
+        raise ConfigError(f"{path}: the root filesystem does not exist (root.path in config.json)")
+    return os.path.realpath(path)
+
+
+def namespaces(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(type, path) of ``linux.namespaces``; path "" means a new one."""
+    out = []
+    seen = set()
+    for ns in (config.get("linux") or {}).get("namespaces") or []:
+        kind = ns.get("type", "")
+        if kind not in S.NS_FLAGS:
+            raise ConfigError(f"linux.namespaces: unknown type {kind!r}; use one of {', '.join(S.NS_FLAGS)}")
+        if kind in seen:
+            raise ConfigError(f"linux.namespaces: {kind} is listed twice")
+        seen.add(kind)
+        out.append((kind, ns.get("path") or ""))
+    return out
+
+
+def parse_options(options: list[str]) -> tuple[int, list[int], str]:
+    """(flags, propagation flags, data) of a mount's options."""
+    flags, propagation, data = 0, [], []
+    for opt in options:
+        opt = RECURSIVE.get(opt, opt)
+        if opt in FLAGS:
+            add, clear = FLAGS[opt]
+            flags = (flags | add) & ~clear
+        elif opt in PROPAGATION:
+            propagation.append(PROPAGATION[opt])
+        elif opt in IGNORED_OPTIONS:
+            continue
+        elif opt in ("idmap", "ridmap"):
+            raise ConfigError(f"mount option {opt!r}: id-mapped mounts are not supported")
+        else:
+            data.append(opt)
+    return flags, propagation, ",".join(data)
+
+
+class OciPlan:
+    """What ``create`` needs: the clone flags, the parent's extra work, and the child's steps."""
+
+    def __init__(self) -> None:
+        self.clone_flags = 0
+        self.steps: list[Step] = []
+        self.post_start: list[Step] = []  # after the fifo: the start hooks, identity, seccomp
+        self.argv: list[str] = []
+        self.env: dict[str, str] = {}
+        self.root = ""
+        self.join_pid_fd = -1  # a pid namespace to enter before the clone (setns applies to children)
+        self.fds: list[int] = []  # what the parent opened for the child, closed after the clone
+        self.uid_map: list[dict[str, int]] = []
+        self.gid_map: list[dict[str, int]] = []
+        self.parent_joins: list[str] = []
+        self.new_pid_ns = False
+
+
+def build(
+    config: dict[str, Any],
+    rootfs: str,
+    cgroup_version: str | None,
+    cgroup_dirs: dict[str, str],
+    errw: int,
+    go_fd: int,
+    fifo_fd: int,
+    console_fd: int,
+    no_pivot: bool,
+    seccomp_program: bytes | None,
+    start_hooks_state: bytes,
+) -> OciPlan:
+    """The steps of one container.  ``errw``/``go_fd``/``fifo_fd``/``console_fd`` are the
+    descriptors the child inherits (-1 when unused)."""
+    plan = OciPlan()
+    linux = config.get("linux") or {}
+    process = config.get("process") or {}
+    plan.root = rootfs
+    kinds = dict(namespaces(config))
+    if "mount" not in kinds:
+        raise ConfigError("linux.namespaces: a mount namespace is required (isolate-oci builds the root in one)")
+    if kinds["mount"]:
+        raise ConfigError("linux.namespaces: joining an existing mount namespace is not supported; omit its path")
+    userns = "user" in kinds
+    steps = plan.steps
+    # Namespaces by path: user first (the others belong to it), pid before the clone.
+    order = ["user", "network", "ipc", "uts", "cgroup"]
+    for kind in order:
+        path = kinds.get(kind)
+        if path:
+            fd = _open_ns(path, kind)
+            plan.fds.append(fd)
+            steps.append(S.JoinNamespace(fd, kind, path))
+    for kind, path in kinds.items():
+        if not path and kind != "cgroup":
+            plan.clone_flags |= S.NS_FLAGS[kind]
+    if kinds.get("pid"):
+        plan.join_pid_fd = _open_ns(kinds["pid"], "pid")
+        plan.fds.append(plan.join_pid_fd)
+    plan.new_pid_ns = "pid" in kinds and not kinds["pid"]
+    if userns and not kinds["user"]:
+        plan.uid_map = list(linux.get("uidMappings") or [])
+        plan.gid_map = list(linux.get("gidMappings") or [])
+        if not plan.uid_map or not plan.gid_map:
+            raise ConfigError("linux.namespaces: a new user namespace needs linux.uidMappings and gidMappings")
+    if cgroup_version is not None:
+        from ..cgroups.base import join_files
+
+        if userns:
+            plan.parent_joins = sorted({f"{d}/cgroup.procs" for d in cgroup_dirs.values()})
+        else:
+            steps.append(JoinCgroup(join_files(cgroup_version, cgroup_dirs)))
+    if "cgroup" in kinds and not kinds["cgroup"]:
+        steps.append(UnshareCgroupNs())
+    propagation = PROPAGATION.get(linux.get("rootfsPropagation") or "rslave", L.MS_SLAVE | L.MS_REC)
+    steps.append(S.Propagation(propagation & ~L.MS_REC))
+    steps.append(S.BindRoot())
+
+    dev_bound = False
+    for mount in config.get("mounts") or []:
+        steps += _mount_steps(mount, cgroup_dirs, "cgroup" in kinds and not kinds["cgroup"], cgroup_version)
+        if mount.get("destination", "").rstrip("/") == "/dev" and "bind" in ",".join(mount.get("options") or []):
+            dev_bound = True
+    if not dev_bound:
+        steps += _device_steps(linux.get("devices") or [], userns)
+    steps.append(S.SyncPoint(errw, go_fd, b"H"))
+    if "uts" in kinds and config.get("hostname"):
+        steps.append(SetHostname(str(config["hostname"])))
+    if "uts" in kinds and config.get("domainname"):
+        steps.append(S.SetDomainname(str(config["domainname"])))
+    steps.append(S.NoPivot() if no_pivot else PivotRoot())
+    for key, value in (linux.get("sysctl") or {}).items():
+        _check_sysctl(key, kinds)
+        steps.append(S.Sysctl(key, str(value)))
+    steps += [S.MaskedPath(p) for p in linux.get("maskedPaths") or []]
+    steps += [S.ReadonlyPath(p) for p in linux.get("readonlyPaths") or []]
+    if (config.get("root") or {}).get("readonly"):
+        steps.append(RemountRootReadOnly())
+    user = process.get("user") or {}
+    uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+    if process.get("terminal"):
+        if console_fd < 0:
+            raise ConfigError("process.terminal is true: pass --console-socket so the engine gets the terminal")
+        size = process.get("consoleSize") or {}
+        steps.append(S.Console(console_fd, uid, int(size.get("height", 0)), int(size.get("width", 0))))
+    cwd = process.get("cwd") or "/"
+    if not cwd.startswith("/"):
+        raise ConfigError(f"process.cwd {cwd!r}: must be an absolute path")
+    steps.append(Chdir(cwd))
+    if process.get("oomScoreAdj") is not None:
+        steps.append(S.OomScoreAdj(int(process["oomScoreAdj"])))
+    rlimits = []
+    for item in process.get("rlimits") or []:
+        name = item.get("type", "")
+        if name not in RLIMITS:
+            raise ConfigError(f"process.rlimits: unknown type {name!r}, e.g. RLIMIT_NOFILE")
+        rlimits.append((RLIMITS[name], _rlim(item.get("soft", 0)), _rlim(item.get("hard", 0))))
+    if rlimits:
+        import resource  # noqa: F401 - the child cannot import once it left the host's root
+
+        steps.append(S.SetRlimits(rlimits))
+    plan.argv = [str(a) for a in process.get("args") or []]
+    if not plan.argv:
+        raise ConfigError("process.args is empty: give the container a command")
+    plan.env = dict(item.split("=", 1) if "=" in item else (item, "") for item in process.get("env") or [])
+    steps.append(S.CheckExecutable(plan.argv[0], plan.env.get("PATH", "")))
+    steps.append(S.WaitForStart(errw, fifo_fd))
+    hooks = (config.get("hooks") or {}).get("startContainer") or []
+    if hooks:
+        steps.append(S.RunHooks(hooks, start_hooks_state))
+    nnp = bool(process.get("noNewPrivileges"))
+    identity = S.Identity(uid, gid, [int(g) for g in user.get("additionalGids") or []],
+                          int(user["umask"]) if user.get("umask") is not None else None,
+                          process.get("capabilities"), _last_cap())  # fmt: skip
+    seccomp = LoadSeccomp(seccomp_program) if seccomp_program else None
+    # Without no_new_privs only a privileged process may load a filter: before the user switch.
+    if seccomp is not None and not nnp:
+        steps.append(seccomp)
+    if nnp:
+        steps.append(NoNewPrivs())
+    steps.append(identity)
+    if seccomp is not None and nnp:
+        steps.append(seccomp)
+    return plan
+
+
+def _last_cap() -> int:
+    from ..security import last_cap
+
+    return last_cap()
+
+
+def _rlim(value: Any) -> int:
+    value = int(value)
+    return -1 if value >= U64_MAX or value < 0 else value  # RLIM_INFINITY
+
+
+def _open_ns(path: str, kind: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"linux.namespaces: {kind} namespace {path}: {(exc.strerror or str(exc)).lower()}") from None
+
+
+def _check_sysctl(key: str, kinds: dict[str, str]) -> None:
+    if key in SYSCTL_IPC or key.startswith("fs.mqueue."):
+        if "ipc" in kinds:
+            return
+        raise ConfigError(f"linux.sysctl {key}: needs an ipc namespace of the container's own")
+    if key.startswith("net."):
+        if "network" in kinds:
+            return
+        raise ConfigError(f"linux.sysctl {key}: needs a network namespace of the container's own")
+    if key in ("kernel.hostname", "kernel.domainname"):
+        raise ConfigError(f"linux.sysctl {key}: set hostname/domainname in config.json instead")
+    raise ConfigError(f"linux.sysctl {key}: not namespaced; writing it would change the host, so it is refused")
+
+
+def _mount_steps(mount: dict[str, Any], cgroup_dirs: dict[str, str], own_cgroupns: bool,
+                 version: str | None) -> list[Step]:  # fmt: skip
+    dest = mount.get("destination") or ""
+    if not dest.startswith("/"):
+        raise ConfigError(f"mounts: destination {dest!r} must be an absolute path in the container")
+    fstype = mount.get("type") or ""
+    source = mount.get("source") or fstype or "none"
+    flags, propagation, data = parse_options([str(o) for o in mount.get("options") or []])
+    is_bind = bool(flags & L.MS_BIND) or fstype == "bind"
+    if fstype == "cgroup" or fstype == "cgroup2":
+        return _cgroup_mount(dest, flags, cgroup_dirs, own_cgroupns, version)
+    if is_bind:
+        flags |= L.MS_BIND
+        if not os.path.exists(source):
+            raise ConfigError(f"mounts: {dest}: bind source {source} does not exist on the host")
+    return [S.OciMount(source, dest, fstype, flags, data, propagation, is_bind)]
+
+
+class CgroupMount(Step):
+    """The container's own cgroup at ``dest`` (read-only if asked): cgroup2 when the container
+    has its own cgroup namespace on v2, else binds of its directories, one per hierarchy,
+    under a tmpfs as the host lays them out (symlinks for co-mounted ones like cpu,cpuacct)."""
+
+    __slots__ = ("dest", "ro", "binds", "links", "unified")
+    what = "mounting the cgroup filesystem"
+
+    def __init__(self, dest: str, ro: bool, binds: list[tuple[str, str]], links: list[tuple[str, str]],
+                 unified: bool) -> None:  # fmt: skip
+        self.dest = dest
+        self.ro = ro
+        self.binds = binds
+        self.links = links
+        self.unified = unified
+
+    def apply(self, root: str) -> None:
+        from ..spec import resolve_in_root
+
+        target = resolve_in_root(root, self.dest, "dir")
+        ro = L.MS_RDONLY if self.ro else 0
+        base = L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC
+        if self.unified:
+            L.mount("cgroup2", target, "cgroup2", base | ro)
+            return
+        if len(self.binds) == 1 and self.binds[0][1] == "":
+            S.OciMount(self.binds[0][0], self.dest, "", L.MS_BIND | base | ro, "", [], True).apply(root)
+            return
+        L.mount("tmpfs", target, "tmpfs", base, "mode=755")
+        for host_dir, name in self.binds:
+            S.OciMount(host_dir, f"{self.dest}/{name}", "", L.MS_BIND | base | ro, "", [], True).apply(root)
+        for link, name in self.links:
+            os.symlink(name, os.path.join(target, link))
+        if ro:
+            L.mount(None, target, None, L.MS_REMOUNT | L.MS_BIND | L.MS_RDONLY | base)
+
+    def shell(self, root: str) -> str:
+        return f"# the container's cgroup at {self.dest}"
+
+
+def _cgroup_mount(dest: str, flags: int, dirs: dict[str, str], own_ns: bool, version: str | None) -> list[Step]:
+    ro = bool(flags & L.MS_RDONLY)
+    if version is None or not dirs:
+        return []
+    if version == "v2":
+        if own_ns:
+            return [CgroupMount(dest, ro, [], [], True)]
+        return [CgroupMount(dest, ro, [(dirs["unified"], "")], [], False)]
+    from ..cgroups import layout
+
+    options = layout().v1_options
+    binds, links = [], []
+    seen = set()
+    for controller, directory in sorted(dirs.items()):
+        point = next((p for p in options if directory == p or directory.startswith(p + "/")), None)
+        name = os.path.basename(point) if point else controller
+        if name not in seen:
+            seen.add(name)
+            binds.append((directory, name))
+        if controller != name and controller not in seen:
+            seen.add(controller)
+            links.append((controller, name))
+    return [CgroupMount(dest, ro, binds, links, False)]
+
+
+def _device_steps(devices: list[dict[str, Any]], userns: bool) -> list[Step]:
+    from ..spec import Symlink
+
+    steps: list[Step] = []
+    listed = {d.get("path") for d in devices}
+    for path, major, minor in DEFAULT_DEVICES:
+        if path not in listed:
+            steps.append(S.MakeNode(path, "c", major, minor, 0o666, 0, 0, userns))
+    for dev in devices:
+        path = dev.get("path") or ""
+        if not path.startswith("/dev/"):
+            raise ConfigError(f"linux.devices: path {path!r} must be below /dev")
+        kind = dev.get("type") or "c"
+        if kind not in ("c", "b", "u", "p"):
+            raise ConfigError(f"linux.devices {path}: type {kind!r}: use c, b, u or p")
+        steps.append(S.MakeNode(path, kind, int(dev.get("major", 0)), int(dev.get("minor", 0)),
+                                int(dev.get("fileMode", 0o666)), int(dev.get("uid", 0)), int(dev.get("gid", 0)),
+                                userns))  # fmt: skip
+    steps += [Symlink(target, path) for target, path in DEV_LINKS]
+    steps.append(_PtmxLink())
+    return steps
+
+
+class _PtmxLink(Step):
+    """/dev/ptmx -> pts/ptmx, so a pty comes from the container's own devpts (runc's setupPtmx)."""
+
+    __slots__ = ()
+    what = "linking /dev/ptmx"
+
+    def apply(self, root: str) -> None:
+        from ..spec import resolve_in_root
+
+        dev = resolve_in_root(root, "/dev", "dir")
+        link = os.path.join(dev, "ptmx")
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink("pts/ptmx", link)
+
+    def shell(self, root: str) -> str:
+        return f"ln -sf pts/ptmx {root}/dev/ptmx"
