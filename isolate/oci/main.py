@@ -337,6 +337,20 @@ def update(ctx: click.Context, container_id: str, resources: str | None, memory:
 
 
 @cli.command()
+@click.option("--bundle", "-b", default=".", help="Where to write config.json.")
+@click.option("--rootfs", default="rootfs", help="root.path to write.")
+def spec(bundle: str, rootfs: str) -> None:
+    """Write a default config.json (runc's defaults) into the bundle directory."""
+    from .template import default_config
+
+    path = os.path.join(bundle, "config.json")
+    if os.path.exists(path):
+        raise IsolateError(f"{path}: config.json already exists; remove it first")
+    with open(path, "w") as f:
+        json.dump(default_config(rootfs=rootfs), f, indent=2)
+
+
+@cli.command()
 def features() -> None:
     """What this runtime supports, as runtime-spec's features JSON."""
     from . import bundle as B

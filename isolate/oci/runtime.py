@@ -134,6 +134,7 @@ class Runtime:
             record["seccomp"] = program.hex() if program else None
             fifo = os.path.join(directory, "exec.fifo")
             os.mkfifo(fifo, 0o622)
+            os.chmod(fifo, 0o622)  # past the umask: the process may be another user by the time it opens it
             fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
             fds.append(fifo_fd)
             console_fd = -1
