@@ -160,8 +160,8 @@ def test_errors_name_the_problem_for_engines(oci: Runtime, bundle: Any, tmp_path
     assert oci("create", "--bundle", str(tmp_path / "nowhere"), "e3").stderr.count("no such file or directory") == 1
     refused = oci("--systemd-cgroup", "create", "--bundle", str(bundle(["true"])), "e4")
     assert refused.returncode == 1 and "cgroupfs" in refused.stderr
-    sysctl = oci("create", "--bundle", str(bundle(["true"], linux={**default_config()["linux"],
-                                                                   "sysctl": {"vm.swappiness": "0"}})), "e5")  # fmt: skip
+    host_wide = {**default_config()["linux"], "sysctl": {"vm.swappiness": "0"}}
+    sysctl = oci("create", "--bundle", str(bundle(["true"], linux=host_wide)), "e5")
     assert sysctl.returncode == 1 and "not namespaced" in sysctl.stderr
     assert sorted(os.listdir(oci.root)) == [n for n in sorted(os.listdir(oci.root)) if n == "seccomp"]
 
