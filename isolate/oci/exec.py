@@ -49,7 +49,8 @@ def execute(runtime: Runtime, cid: str, process: dict[str, Any], detach: bool, p
     if process.get("terminal") and not console_socket:
         raise ConfigError("exec: process.terminal needs --console-socket")
     pid = int(record["pid"])
-    fds: list[int] = []
+    fds: list[int] = []  # the namespaces to enter, in order
+    console_fd = -1
     try:
         # User namespace first: the others belong to it.  Mount namespace last: the paths
         # above are the host's until then.
@@ -61,12 +62,10 @@ def execute(runtime: Runtime, cid: str, process: dict[str, Any], detach: bool, p
                 fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
         if state.process_start_time(pid) != record.get("pid_start"):
             raise ConfigError("cannot exec in a stopped container")
-        console_fd = -1
         if console_socket:
             from .runtime import _connect
 
             console_fd = _connect(console_socket)
-            fds.append(console_fd)
         env = dict(item.split("=", 1) if "=" in item else (item, "") for item in process.get("env") or [])
         user = process.get("user") or {}
         uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
@@ -101,11 +100,9 @@ def execute(runtime: Runtime, cid: str, process: dict[str, Any], detach: bool, p
         joins = join_files(record["cgroup_version"], record["cgroup_dirs"]) if record.get("cgroup_version") else []
         return _run(fds, joins, steps, _Target(argv, env), detach, pid_file, preserve_fds)
     finally:
-        for fd in fds:
-            try:
+        for fd in [*fds, console_fd]:
+            if fd >= 0:
                 os.close(fd)
-            except OSError:
-                pass
 
 
 class _Chdir:
