@@ -294,7 +294,10 @@ class RemountRootReadOnly(Step):
     what = "read-only remount of /"
 
     def apply(self, root: str) -> None:
-        _libc.mount(None, "/", None, _libc.MS_REMOUNT | _libc.MS_BIND | _libc.MS_RDONLY)
+        # Keep nosuid/nodev/noexec/atime flags: in a user namespace they are locked, and a
+        # remount that drops them fails with EPERM (mount_namespaces(7)).
+        kept = os.statvfs("/").f_flag & _KEEP_ON_REMOUNT
+        _libc.mount(None, "/", None, _libc.MS_REMOUNT | _libc.MS_BIND | _libc.MS_RDONLY | kept)
 
     def shell(self, root: str) -> str:
         return "mount -o remount,bind,ro /"

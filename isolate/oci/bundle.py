@@ -153,23 +153,31 @@ def build(
     cgroup_dirs: dict[str, str],
     errw: int,
     go_fd: int,
-    fifo_fd: int,
+    state_dir_fd: int,
+    null_fd: int,
     console_fd: int,
     no_pivot: bool,
     seccomp_program: bytes | None,
     start_hooks_state: bytes,
 ) -> OciPlan:
-    """The steps of one container.  ``errw``/``go_fd``/``fifo_fd``/``console_fd`` are the
-    descriptors the child inherits (-1 when unused)."""
+    """The steps of one container.  ``errw``/``go_fd``/``state_dir_fd``/``null_fd``/``console_fd``
+    are the descriptors the child inherits (-1 when unused)."""
     plan = OciPlan()
     linux = config.get("linux") or {}
     process = config.get("process") or {}
     plan.root = rootfs
     kinds = dict(namespaces(config))
-    if "mount" not in kinds:
-        raise ConfigError("linux.namespaces: a mount namespace is required (isolate-oci builds the root in one)")
-    if kinds["mount"]:
-        raise ConfigError("linux.namespaces: joining an existing mount namespace is not supported; omit its path")
+    # Without a mount namespace of its own the container shares the runtime's mounts: any
+    # mount would land on the host, so none is made (runc would make them there); the root
+    # is entered with chroot.  A mount namespace joined by path is the engine's to share:
+    # the root is moved over / there instead of pivot_root, which would also move the root
+    # of every other process of that namespace (pivot_root(2)).
+    own_mounts = "mount" in kinds
+    if not own_mounts:
+        log_warning("no mount namespace: the config's mounts, devices and masked paths are not applied "
+                    "(they would change the host's mounts); the root is entered with chroot")  # fmt: skip
+    elif kinds["mount"]:
+        no_pivot = True
     userns = "user" in kinds
     steps = plan.steps
     # Namespaces by path: user first (the others belong to it), pid before the clone.
@@ -201,30 +209,40 @@ def build(
             steps.append(JoinCgroup(join_files(cgroup_version, cgroup_dirs)))
     if "cgroup" in kinds and not kinds["cgroup"]:
         steps.append(UnshareCgroupNs())
-    propagation = PROPAGATION.get(linux.get("rootfsPropagation") or "rslave", L.MS_SLAVE | L.MS_REC)
-    steps.append(S.Propagation(propagation & ~L.MS_REC))
-    steps.append(S.BindRoot())
-
-    dev_bound = False
-    for mount in config.get("mounts") or []:
-        steps += _mount_steps(mount, cgroup_dirs, "cgroup" in kinds and not kinds["cgroup"], cgroup_version)
-        if mount.get("destination", "").rstrip("/") == "/dev" and "bind" in ",".join(mount.get("options") or []):
-            dev_bound = True
-    if not dev_bound:
-        steps += _device_steps(linux.get("devices") or [], userns)
+    if kinds.get("mount"):  # after the cgroup join: the cgroup files are the runtime's paths
+        fd = _open_ns(kinds["mount"], "mount")
+        plan.fds.append(fd)
+        steps.append(S.JoinNamespace(fd, "mount", kinds["mount"]))
+    if own_mounts:
+        propagation = PROPAGATION.get(linux.get("rootfsPropagation") or "rslave", L.MS_SLAVE | L.MS_REC)
+        steps.append(S.Propagation(propagation & ~L.MS_REC))
+        steps.append(S.BindRoot())
+        dev_bound = False
+        for mount in config.get("mounts") or []:
+            steps += _mount_steps(mount, cgroup_dirs, "cgroup" in kinds and not kinds["cgroup"], cgroup_version)
+            if mount.get("destination", "").rstrip("/") == "/dev" and "bind" in ",".join(mount.get("options") or []):
+                dev_bound = True
+        if not dev_bound:
+            steps += _device_steps(linux.get("devices") or [], userns)
     steps.append(S.SyncPoint(errw, go_fd, b"H"))
     if "uts" in kinds and config.get("hostname"):
         steps.append(SetHostname(str(config["hostname"])))
     if "uts" in kinds and config.get("domainname"):
         steps.append(S.SetDomainname(str(config["domainname"])))
-    steps.append(S.NoPivot() if no_pivot else PivotRoot())
+    if not own_mounts:
+        from ..spec import Chroot
+
+        steps.append(Chroot())
+    else:
+        steps.append(S.NoPivot() if no_pivot else PivotRoot())
     for key, value in (linux.get("sysctl") or {}).items():
         _check_sysctl(key, kinds)
         steps.append(S.Sysctl(key, str(value)))
-    steps += [S.MaskedPath(p) for p in linux.get("maskedPaths") or []]
-    steps += [S.ReadonlyPath(p) for p in linux.get("readonlyPaths") or []]
-    if (config.get("root") or {}).get("readonly"):
-        steps.append(RemountRootReadOnly())
+    if own_mounts:
+        steps += [S.MaskedPath(p) for p in linux.get("maskedPaths") or []]
+        steps += [S.ReadonlyPath(p) for p in linux.get("readonlyPaths") or []]
+        if (config.get("root") or {}).get("readonly"):
+            steps.append(RemountRootReadOnly())
     user = process.get("user") or {}
     uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
     if process.get("terminal"):
@@ -253,7 +271,7 @@ def build(
         raise ConfigError("process.args is empty: give the container a command")
     plan.env = dict(item.split("=", 1) if "=" in item else (item, "") for item in process.get("env") or [])
     steps.append(S.CheckExecutable(plan.argv[0], plan.env.get("PATH", "")))
-    steps.append(S.WaitForStart(errw, fifo_fd))
+    steps.append(S.WaitForStart(errw, state_dir_fd, null_fd))
     hooks = (config.get("hooks") or {}).get("startContainer") or []
     if hooks:
         steps.append(S.RunHooks(hooks, start_hooks_state))
@@ -271,6 +289,12 @@ def build(
     if seccomp is not None and nnp:
         steps.append(seccomp)
     return plan
+
+
+def log_warning(message: str) -> None:
+    from .runtime import log_warning as log
+
+    log(message)
 
 
 def _last_cap() -> int:

@@ -261,6 +261,10 @@ def device_rules(rules: list[dict[str, Any]]) -> list[tuple[str, str]]:
     out = []
     for rule in rules:
         kind = rule.get("type") or "a"
+        if kind == "u":
+            kind = "c"  # unbuffered character device: a character device to the kernel
+        if kind not in ("a", "b", "c"):
+            continue  # a fifo has no device rule: the devices cgroup knows only a, b and c
         major = "*" if rule.get("major") in (None, -1) else str(rule["major"])
         minor = "*" if rule.get("minor") in (None, -1) else str(rule["minor"])
         access = rule.get("access") or "rwm"

@@ -135,8 +135,10 @@ class Runtime:
             fifo = os.path.join(directory, "exec.fifo")
             os.mkfifo(fifo, 0o622)
             os.chmod(fifo, 0o622)  # past the umask: the process may be another user by the time it opens it
-            fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
-            fds.append(fifo_fd)
+            dir_fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            fds.append(dir_fd)
+            null_fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+            fds.append(null_fd)
             console_fd = -1
             if console_socket:
                 console_fd = _connect(console_socket)
@@ -145,7 +147,7 @@ class Runtime:
             gor, gow = os.pipe2(os.O_CLOEXEC)
             fds += [errr, errw, gor, gow]
             created_state = json.dumps(self.state_json(record, "created") | {"pid": 0}).encode()
-            plan = B.build(config, rootfs, version, dirs, errw, gor, fifo_fd, console_fd, no_pivot, program,
+            plan = B.build(config, rootfs, version, dirs, errw, gor, dir_fd, null_fd, console_fd, no_pivot, program,
                            created_state)  # fmt: skip
             fds += plan.fds
             pid = _launch(plan, errr, errw, gor, gow, preserve_fds, record, self)

@@ -390,26 +390,29 @@ class _ExecLookupError(Exception):
 
 class WaitForStart(Step):
     """Report "created" to ``create`` ("R" on the error pipe), then block until ``start``
-    opens the exec fifo (runc's design: the container's init waits, the runtime exits)."""
+    opens the exec fifo (runc's design: the container's init waits, the runtime exits).
 
-    __slots__ = ("errw", "fifo_fd")
+    The fifo is opened relative to a descriptor of its directory, and /dev/null is a
+    descriptor too: the container may have neither /proc nor /dev (no mount namespace)."""
+
+    __slots__ = ("errw", "dir_fd", "null_fd")
     what = "waiting for start"
 
-    def __init__(self, errw: int, fifo_fd: int) -> None:
+    def __init__(self, errw: int, dir_fd: int, null_fd: int) -> None:
         self.errw = errw
-        self.fifo_fd = fifo_fd  # O_PATH, opened by the parent: reopened through /proc/self/fd
+        self.dir_fd = dir_fd  # O_PATH of the container's state directory, opened by the parent
+        self.null_fd = null_fd
 
     def apply(self, root: str) -> None:
         os.write(self.errw, b"R")
         # create has exited by the time anything else could go wrong: failures from here on
         # have nobody to read them, and a write to a pipe without reader would be SIGPIPE.
-        null = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)
-        os.dup2(null, self.errw, inheritable=False)
-        os.close(null)
-        fd = os.open(f"/proc/self/fd/{self.fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+        os.dup2(self.null_fd, self.errw, inheritable=False)
+        os.close(self.null_fd)
+        fd = os.open("exec.fifo", os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.dir_fd)
         os.write(fd, b"0")
         os.close(fd)
-        os.close(self.fifo_fd)
+        os.close(self.dir_fd)
 
     def shell(self, root: str) -> str:
         return "# wait until `isolate-oci start` opens the exec fifo"
