@@ -20,6 +20,14 @@ no CAP_SYS_RESOURCE): the cgroupfs cgroup manager; runc (crun 1.8 refuses the hy
 default ulimits nofile=20000 and nproc=32768, which root can set without CAP_SYS_RESOURCE; no
 events journal.
 
+Other runtimes: ``add_runtime(store, NAME, BINARY)`` registers NAME in the store's containers.conf
+``[engine.runtimes]``: a wrapper that runs ``BINARY --root DIR ARGS`` (DIR below the run state
+directory, short enough for sockets' paths), logging each invocation (its argv, its exit status,
+config.json for ``create``, the process for ``exec``) to a file; ``podman(..., runtime=NAME)`` uses it.
+``import_rootfs`` makes an image of a root filesystem directory (``podman import``), and
+``podman_command`` gives a podman command line and its environment, to run it oneself (under a
+pty, in the background).
+
 Opaque whiteouts: buildah makes a layer from the storage driver's diff.  The vfs driver compares
 directory trees and writes one ``.wh.NAME`` per deleted file, so ``rm -rf /opt/d && mkdir /opt/d``
 gives ``.wh.one`` and ``.wh.two``, never ``.wh..wh..opq``.  The overlay driver turns the opaque
@@ -39,6 +47,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -132,6 +141,8 @@ def _paths(store: Path, driver: str) -> dict[str, Path]:
         "auth": base / "auth.json",
         "runc": base / "runc",  # runc with --root below the store
         "runc_root": base / "runc-state",
+        "runtimes": base / "runtimes",  # add_runtime's wrappers (NAME) and logs (NAME.log)
+        "runtime_roots": run / "runtimes",  # their --root directories (NAME)
     }
 
 
@@ -163,6 +174,15 @@ def _setup(store: Path, driver: str) -> dict[str, Path]:
         f"[storage]\ndriver = {_toml(driver)}\ngraphroot = {_toml(str(p['root']))}\n"
         f"runroot = {_toml(str(p['runroot']))}\n"
     )
+    _write_containers_conf(p)
+    return p
+
+
+def _write_containers_conf(p: dict[str, Path]) -> None:
+    """containers.conf: our paths and defaults, runc and every runtime that add_runtime made."""
+    extra = sorted(w for w in p["runtimes"].glob("*") if w.suffix == "") if p["runtimes"].is_dir() else []
+    runtimes = "".join(f"{w.name} = [{_toml(str(w))}]\n" for w in extra)
+    json_ok = ", ".join(_toml(n) for n in ["crun", "runc", "kata", "runsc", "krun", *(w.name for w in extra)])
     p["containers_conf"].write_text(
         "[containers]\n"
         # Without CAP_SYS_RESOURCE root cannot raise RLIMIT_NOFILE above 20000 (podman's default
@@ -178,12 +198,94 @@ def _setup(store: Path, driver: str) -> dict[str, Path]:
         f"image_copy_tmp_dir = {_toml(str(p['tmp']))}\n"
         f"static_dir = {_toml(str(p['root'] / 'libpod'))}\n"
         f"volume_path = {_toml(str(p['root'] / 'volumes'))}\n"
+        # podman passes --log-format=json only to the runtimes named here (runc's flags): ours too
+        f"runtime_supports_json = [{json_ok}]\n"
         "[engine.runtimes]\n"
         f"runc = [{_toml(str(p['runc']))}]\n"
+        f"{runtimes}"
         "[network]\n"
         f"network_config_dir = {_toml(str(p['net']))}\n"
     )
-    return p
+
+
+# Runs the runtime as a child (not exec) to log its exit status; the container's processes are
+# never the wrapper's children (conmon is their subreaper).  Each entry is written at once, at the
+# end.  Tools by absolute path: engines may call runtimes with an empty PATH, which stays as it is.
+_LOGGING_WRAPPER = """\
+#!/bin/sh
+start=$({date} +%s.%N)
+entry="=== $({date} +%H:%M:%S.%N) pid $$ parent $PPID ($({cat} /proc/$PPID/comm 2>/dev/null)) cwd $PWD
+argv:"
+cmd= bundle=. logfile= process= prev=
+for arg in "$@"; do
+  entry="$entry '$arg'"
+  case "$prev" in --bundle|-b) bundle=$arg;; --log) logfile=$arg;; --process|-p) process=$arg;; esac
+  case "$arg" in
+    --bundle=*) bundle=${{arg#--bundle=}};;
+    --log=*) logfile=${{arg#--log=}};;
+    --process=*) process=${{arg#--process=}};;
+  esac
+  if [ -z "$cmd" ]; then
+    case "$prev" in
+      --root|--log|--log-format|--criu|--rootless) ;;
+      *) case "$arg" in -*) ;; *) cmd=$arg;; esac;;
+    esac
+  fi
+  prev=$arg
+done
+entry="$entry
+runs: {binary} --root {root} ..."
+config=
+if [ "$cmd" = create ] || [ "$cmd" = run ]; then
+  config="
+config.json ($bundle/config.json):
+$({python} -m json.tool "$bundle/config.json" 2>&1)"
+elif [ "$cmd" = exec ] && [ -n "$process" ]; then
+  config="
+process.json ($process):
+$({python} -m json.tool "$process" 2>&1)"
+fi
+{binary} --root {root} "$@"
+rc=$?
+entry="$entry
+exit status $rc after $({awk} "BEGIN {{ printf \\"%.3fs\\", $({date} +%s.%N) - $start }}")"
+if [ $rc -ne 0 ] && [ -n "$logfile" ] && [ -s "$logfile" ]; then
+  entry="$entry
+--log $logfile (last lines):
+$({tail} -n 5 "$logfile")"
+fi
+printf '%s%s\\n\\n' "$entry" "$config" >> {log}
+exit $rc
+"""
+
+
+def add_runtime(store: Path, name: str, binary: str, log: Path | None = None, driver: str = "vfs") -> Path:
+    """Register the OCI runtime ``binary`` as ``name`` in the store's containers.conf; return its log.
+
+    Podman and conmon call a wrapper that runs ``binary --root DIR ARGS`` (DIR is private to the
+    store, below its run state directory: ``runtime_root``) and appends to ``log`` (default:
+    NAME.log next to the wrapper) an entry per invocation: its argv, caller, exit status and time,
+    the tail of the runtime's --log file when it failed, for ``create`` the bundle's config.json
+    and for ``exec --process FILE`` that file.  Use it with ``podman(store, ..., runtime=name)``.
+    """
+    p = _setup(store, driver)
+    p["runtimes"].mkdir(exist_ok=True)
+    root = runtime_root(store, name, driver)
+    root.mkdir(parents=True, exist_ok=True)
+    log = Path(log) if log is not None else p["runtimes"] / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = p["runtimes"] / name
+    tools = {t: shutil.which(t, path=SBIN_PATH) or t for t in ("date", "cat", "awk", "tail")}
+    values = {"binary": binary, "root": root, "log": log, "python": sys.executable, **tools}
+    wrapper.write_text(_LOGGING_WRAPPER.format(**{k: shlex.quote(str(v)) for k, v in values.items()}))
+    wrapper.chmod(0o755)
+    _write_containers_conf(p)
+    return log
+
+
+def runtime_root(store: Path, name: str, driver: str = "vfs") -> Path:
+    """The --root directory (the state) of the store's runtime ``name`` made by add_runtime."""
+    return _paths(store, driver)["runtime_roots"] / name
 
 
 def _env(p: dict[str, Path]) -> dict[str, str]:
@@ -202,21 +304,10 @@ def _env(p: dict[str, Path]) -> dict[str, str]:
     }
 
 
-def podman(
-    store: Path,
-    *args: str,
-    input: bytes | None = None,
-    check: bool = True,
-    driver: str = "vfs",
-    timeout: float = TIMEOUT,
-) -> subprocess.CompletedProcess[bytes]:
-    """Run ``podman ARGS`` on the private store ``store`` (storage driver ``driver``), offline.
-
-    ``driver``: "vfs" (no layer mounts at all) or "overlay"; each has its own part of the store.
-    ``run``, ``create`` and ``build`` get ``--cgroup-parent cgroup_parent(store)`` (put the
-    subcommand first).  ``input`` goes to podman's stdin (``run -i`` passes it on; stdin is
-    /dev/null otherwise).  Raises PodmanError (with podman's stderr) on failure when ``check``.
-    """
+def podman_command(
+    store: Path, *args: str, driver: str = "vfs", runtime: str = "runc"
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of ``podman ARGS`` on ``store`` (see ``podman``)."""
     exe = shutil.which("podman")
     if exe is None:
         raise FileNotFoundError("podman is not installed (apt-get install podman)")
@@ -239,20 +330,52 @@ def podman(
         "--network-config-dir", str(p["net"]),
         "--cgroup-manager", "cgroupfs",
         "--events-backend", "none",
-        "--runtime", "runc",
+        "--runtime", runtime,
         *args_list,
     ]  # fmt: skip
+    return cmd, _env(p)
+
+
+def podman(
+    store: Path,
+    *args: str,
+    input: bytes | None = None,
+    check: bool = True,
+    driver: str = "vfs",
+    runtime: str = "runc",
+    timeout: float = TIMEOUT,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``podman ARGS`` on the private store ``store`` (storage driver ``driver``), offline.
+
+    ``driver``: "vfs" (no layer mounts at all) or "overlay"; each has its own part of the store.
+    ``runtime``: "runc" or a name given to ``add_runtime``.
+    ``run``, ``create`` and ``build`` get ``--cgroup-parent cgroup_parent(store)`` (put the
+    subcommand first).  ``input`` goes to podman's stdin (``run -i`` passes it on; stdin is
+    /dev/null otherwise).  Raises PodmanError (with podman's stderr) on failure when ``check``.
+    """
+    cmd, env = podman_command(store, *args, driver=driver, runtime=runtime)
     proc = subprocess.run(
         cmd,
         input=input,
         stdin=subprocess.DEVNULL if input is None else None,
         capture_output=True,
-        env=_env(p),
+        env=env,
         timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise PodmanError(proc.returncode, cmd, proc.stdout, proc.stderr)
     return proc
+
+
+def import_rootfs(store: Path, rootfs: Path, ref: str, driver: str = "vfs") -> str:
+    """``podman import`` the root filesystem directory ``rootfs`` as the image ``ref``; its id."""
+    tar = Path(store).resolve() / "import.tar"
+    tar.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _tar_rootfs(rootfs, tar)
+        return podman(store, "import", "--quiet", str(tar), ref, driver=driver).stdout.decode().strip()
+    finally:
+        tar.unlink(missing_ok=True)
 
 
 def _tar_rootfs(rootfs: Path, dest: Path) -> None:
