@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from isolate.oci.template import default_config
+from isolate.security import CAPS
 
 OCI = os.path.join(os.path.dirname(sys.executable), "isolate-oci")
 
@@ -163,6 +164,16 @@ def test_errors_name_the_problem_for_engines(oci: Runtime, bundle: Any, tmp_path
     host_wide = {**default_config()["linux"], "sysctl": {"vm.swappiness": "0"}}
     sysctl = oci("create", "--bundle", str(bundle(["true"], linux=host_wide)), "e5")
     assert sysctl.returncode == 1 and "not namespaced" in sysctl.stderr
+    process = default_config()["process"]
+    everything = {**process, "capabilities": {"bounding": ["CAP_" + c for c in CAPS]}}
+    with open("/proc/self/status") as f:
+        held = int(next(line for line in f if line.startswith("CapPrm:")).split()[1], 16)
+    if held & (1 << len(CAPS)) - 1 != (1 << len(CAPS)) - 1:  # this host withholds some from root
+        caps = oci("create", "--bundle", str(bundle(["true"], process=everything)), "e6")
+        assert caps.returncode == 1 and "cannot be granted" in caps.stderr
+    if not os.path.exists("/sys/module/apparmor/parameters/enabled"):
+        apparmor = oci("create", "--bundle", str(bundle(["true"], process={**process, "apparmorProfile": "x"})), "e7")
+        assert apparmor.returncode == 1 and "AppArmor is not enabled" in apparmor.stderr
     assert sorted(os.listdir(oci.root)) == [n for n in sorted(os.listdir(oci.root)) if n == "seccomp"]
 
 

@@ -275,6 +275,27 @@ def build(
     hooks = (config.get("hooks") or {}).get("startContainer") or []
     if hooks:
         steps.append(S.RunHooks(hooks, start_hooks_state))
+    _check_capabilities(process.get("capabilities"))
+    if process.get("selinuxLabel") or linux.get("mountLabel"):
+        if not os.path.exists("/sys/fs/selinux/enforce"):
+            raise ConfigError(
+                "process.selinuxLabel / linux.mountLabel: SELinux is not enabled on this host; drop the label"
+            )
+        raise ConfigError(
+            "process.selinuxLabel / linux.mountLabel: SELinux labels are not supported by isolate-oci yet"
+        )
+    profile = process.get("apparmorProfile")
+    if profile:
+        try:
+            with open("/sys/module/apparmor/parameters/enabled") as f:
+                enabled = f.read().strip() == "Y"
+        except OSError:
+            enabled = False
+        if not enabled:
+            raise ConfigError(
+                f"process.apparmorProfile {profile}: AppArmor is not enabled on this host; drop the profile"
+            )
+        steps.append(S.ApparmorExec(str(profile)))
     nnp = bool(process.get("noNewPrivileges"))
     identity = S.Identity(uid, gid, [int(g) for g in user.get("additionalGids") or []],
                           int(user["umask"]) if user.get("umask") is not None else None,
@@ -295,6 +316,26 @@ def log_warning(message: str) -> None:
     from .runtime import log_warning as log
 
     log(message)
+
+
+def _check_capabilities(caps: dict[str, list[str]] | None) -> None:
+    """A capability the runtime itself lacks cannot be granted: say so instead of leaving it out
+    (a host may withhold CAP_SYS_RESOURCE from root, as these machines do)."""
+    if not caps:
+        return
+    from ..security import CAP_NUMBER, _permitted
+
+    have = _permitted()
+    wanted = {name for names in caps.values() for name in names or []}
+    unknown = sorted(n for n in wanted if n.upper().removeprefix("CAP_") not in CAP_NUMBER)
+    if unknown:
+        raise ConfigError(f"process.capabilities: unknown capability {', '.join(unknown)}; see capabilities(7)")
+    missing = sorted(n for n in wanted if not have >> CAP_NUMBER[n.upper().removeprefix("CAP_")] & 1)
+    if missing:
+        raise ConfigError(
+            f"process.capabilities: {', '.join(missing)} cannot be granted: the runtime itself does not hold "
+            "them on this host; remove them from the config"
+        )
 
 
 def _last_cap() -> int:

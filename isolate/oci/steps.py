@@ -530,6 +530,33 @@ def _mask(caps: dict[str, list[str]] | None, key: str) -> int | None:
     return mask
 
 
+class ApparmorExec(Step):
+    """``process.apparmorProfile``: the profile the kernel switches to at the next execve
+    (what aa-exec does: "exec PROFILE" written to /proc/self/attr/apparmor/exec)."""
+
+    __slots__ = ("profile",)
+    what = "setting the AppArmor profile"
+
+    def __init__(self, profile: str) -> None:
+        self.profile = profile
+
+    def apply(self, root: str) -> None:
+        for path in ("/proc/self/attr/apparmor/exec", "/proc/self/attr/exec"):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                os.write(fd, f"exec {self.profile}".encode())
+            finally:
+                os.close(fd)
+            return
+        raise OSError(errno.ENOENT, "no /proc/self/attr/apparmor/exec: is AppArmor enabled?")
+
+    def shell(self, root: str) -> str:
+        return f"aa-exec -p {_q(self.profile)} --"
+
+
 class SetRlimits(Step):
     """``process.rlimits``, with the resource module imported by the parent."""
 
