@@ -280,12 +280,13 @@ def exec_command(interactive: bool, tty: bool, env: tuple[str, ...], user: str |
                              workdir, tty)  # fmt: skip
     closers: list[int] = []
     primary = -1
+    sock = None
     if tty:
-        from .terminal import open_pty
+        import socket
 
-        primary, secondary = open_pty()
-        closers.append(secondary)
-        stdio = (secondary, secondary, secondary)
+        sock, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        closers.append(child_end.detach())
+        stdio = (closers[-1], closers[-1], closers[-1])
     else:
         stdin = 0 if interactive else os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         if not interactive:
@@ -293,7 +294,14 @@ def exec_command(interactive: bool, tty: bool, env: tuple[str, ...], user: str |
         stdio = (stdin, 1, 2)
     try:
         child = launcher.start(stdio)
+        if sock is not None:
+            from .terminal import copy_size, receive_primary
+
+            primary = receive_primary(sock)
+            copy_size(primary)
     finally:
+        if sock is not None:
+            sock.close()
         for fd in closers:
             os.close(fd)
     pidfd = os.pidfd_open(child)

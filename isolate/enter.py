@@ -97,9 +97,14 @@ class _Launcher:
         self.drop_caps: Any = None
         self.seccomp: Any = None
         self.no_new_privs = True
+        self.size = (0, 0)
 
     def start(self, stdio: tuple[int, int, int]) -> int:
         """Fork the entering child; returns its pid once the command was exec'd (or raises)."""
+        if self.tty:
+            from .terminal import terminal_size
+
+            self.size = terminal_size()  # the caller's: stdin is about to be a socket
         errr, errw = os.pipe2(os.O_CLOEXEC)
         try:
             child = os.fork()
@@ -134,8 +139,10 @@ class _Launcher:
                 what = "preparing the command"
                 os.setsid()
                 spawn._setup_stdio(stdio)
-                if self.tty:
-                    spawn._take_terminal()
+                if self.tty:  # stdin is a socket to isolate: the pty comes from the sandbox's devpts
+                    from .terminal import TerminalFromSandbox
+
+                    TerminalFromSandbox(self.user[0] if self.user else 0, *self.size).apply("/")
                 for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
                     signal.signal(sig, signal.SIG_DFL)
                 os.chdir(self.workdir)

@@ -384,14 +384,27 @@ class _Run:
                         child_fds.append(fd)
                     stdio.append(fd)
             primary = -1
+            sock = None
             if self.plan.tty:
-                from .terminal import open_pty
+                import socket
 
-                primary, secondary = open_pty()
-                child_fds.append(secondary)
-                stdio = [secondary, secondary, secondary]
+                from .terminal import with_terminal_step
+
+                sock, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                child_fds.append(child_end.detach())
+                stdio = [child_fds[-1]] * 3
+                self.plan.steps = with_terminal_step(self.plan.steps, self.plan.user[0] if self.plan.user else 0)
             started = time.monotonic()
-            self.pid, self.pidfd = self.engine.start(self.plan, (stdio[0], stdio[1], stdio[2]))
+            try:
+                self.pid, self.pidfd = self.engine.start(self.plan, (stdio[0], stdio[1], stdio[2]))
+                if sock is not None:
+                    from .terminal import copy_size, receive_primary
+
+                    primary = receive_primary(sock)
+                    copy_size(primary)
+            finally:
+                if sock is not None:
+                    sock.close()
             for fd in child_fds:
                 os.close(fd)
             child_fds = []

@@ -225,9 +225,7 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: i
             if worker != 0:
                 become_init(worker, errw)
         os.setsid()
-        _setup_stdio(stdio)
-        if plan.tty:
-            _take_terminal()
+        _setup_stdio(stdio)  # with a tty, stdin is a socket: see terminal.TerminalFromSandbox
         _libc.close_range_cloexec(3)
         os.set_inheritable(errw, False)
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
@@ -245,14 +243,6 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: i
         _report(errw, what, exc)
     finally:
         os._exit(125)
-
-
-def _take_terminal() -> None:
-    """Make the terminal on fd 0 this session's controlling terminal (job control, Ctrl-C)."""
-    import fcntl
-    import termios
-
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def _setup_stdio(stdio: tuple[int, int, int]) -> None:

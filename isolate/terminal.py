@@ -11,22 +11,95 @@ from __future__ import annotations
 
 import _signal as signal
 import errno
+import fcntl
 import os
 import select
+import socket
+import struct
+import termios
+
+from .spec import Step
+
+_TIOCGPTN = 0x80045430
+_TIOCSPTLCK = 0x40045431
 
 
-def open_pty() -> tuple[int, int]:
-    """(primary, secondary), the secondary sized like the caller's terminal."""
-    primary, secondary = os.openpty()
-    os.set_inheritable(primary, False)
-    copy_size(primary)
-    return primary, secondary
+def open_pty_pair(sock_fd: int, uid: int, rows: int, cols: int) -> int:
+    """Open a pty in this mount namespace's /dev/ptmx, send its master over ``sock_fd``
+    (then closed) with the pty's name, as runc's console socket protocol does, and return
+    the secondary's descriptor."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+        number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0\0\0\0"))[0]
+        name = f"/dev/pts/{number}"
+        slave = os.open(name, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        if uid:
+            os.fchown(slave, uid, -1)
+        if rows or cols:
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        sock = socket.socket(fileno=sock_fd)
+        try:
+            socket.send_fds(sock, [name.encode()], [master])
+        finally:
+            sock.close()
+    finally:
+        os.close(master)
+    return slave
+
+
+class TerminalFromSandbox(Step):
+    """``run -it``: the pty comes from the sandbox's own devpts (so ``tty`` names it and the
+    host's terminals stay out of reach).  stdin is a socket to isolate: the primary end goes
+    back over it, the secondary becomes stdin, stdout, stderr and the controlling terminal."""
+
+    __slots__ = ("uid", "rows", "cols")
+    what = "setting up the terminal"
+
+    def __init__(self, uid: int, rows: int, cols: int) -> None:
+        self.uid = uid
+        self.rows = rows
+        self.cols = cols
+
+    def apply(self, root: str) -> None:
+        secondary = open_pty_pair(os.dup(0), self.uid, self.rows, self.cols)
+        for target in (0, 1, 2):
+            os.dup2(secondary, target, inheritable=True)
+        os.close(secondary)
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    def shell(self, root: str) -> str:
+        return "# open /dev/ptmx in the sandbox; its primary end goes to isolate, the secondary is stdio"
+
+
+def terminal_size() -> tuple[int, int]:
+    """(rows, columns) of the caller's terminal on stdin, or (0, 0)."""
+    try:
+        rows, cols = struct.unpack("HHHH", fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+    except OSError:
+        return 0, 0
+    return rows, cols
+
+
+def with_terminal_step(steps: list[Step], uid: int) -> list[Step]:
+    """The plan's steps with the terminal's set up right after the root changed."""
+    from .spec import Chroot, PivotRoot
+
+    at = next((i + 1 for i, step in enumerate(steps) if isinstance(step, (PivotRoot, Chroot))), len(steps))
+    rows, cols = terminal_size()
+    return [*steps[:at], TerminalFromSandbox(uid, rows, cols), *steps[at:]]
+
+
+def receive_primary(sock: socket.socket) -> int:
+    """The primary end the sandbox sent (see TerminalFromSandbox)."""
+    _, fds, _, _ = socket.recv_fds(sock, 1024, 1)
+    if not fds:
+        raise OSError(errno.EPROTO, "the sandbox sent no terminal")
+    os.set_inheritable(fds[0], False)
+    return fds[0]
 
 
 def copy_size(primary: int) -> None:
-    import fcntl
-    import termios
-
     try:
         size = fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8)
         fcntl.ioctl(primary, termios.TIOCSWINSZ, size)

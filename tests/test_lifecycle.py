@@ -158,22 +158,22 @@ def test_killed_start_is_collected(busybox_root: Path) -> None:
     assert b"sandbox 0123456789ab (halfway, dead)" in cli("gc").stdout
 
 
-def test_run_it_under_a_real_terminal(busybox_root: Path) -> None:
-    import pty
-
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execv(ISOLATE_BIN, [ISOLATE_BIN, "run", "-it", "--rootfs", str(busybox_root), "--", "sh"])
+def drive_terminal(argv: list[str], line: bytes, rows: int = 33, cols: int = 101) -> tuple[str, int]:
+    """Run ``argv`` under a real pty of the given size, type ``line`` at the shell's first
+    prompt, and return (everything shown, exit status)."""
     import fcntl
+    import pty
+    import select
     import struct
     import termios
 
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
-    import select
-
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(argv[0], argv)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
     typed = False
-
     out = b""
+    status = -1
     deadline = time.monotonic() + 20
     try:
         while time.monotonic() < deadline:
@@ -191,18 +191,36 @@ def test_run_it_under_a_real_terminal(busybox_root: Path) -> None:
             out += chunk
             if b"\x1b[6n" in chunk:  # busybox's line editor asks where the cursor is; answer as a terminal
                 os.write(fd, b"\x1b[1;1R")
-            if not typed and b"/ # " in out:
-                os.write(fd, b"echo pid=$$; stty size; sleep 30 &\njobs; kill %1; echo done; exit 4\n")
+            if not typed and b"# " in out:
+                os.write(fd, line)
                 typed = True
     finally:
         if pid:
-            os.kill(pid, signal.SIGKILL) if time.monotonic() >= deadline else None
+            if time.monotonic() >= deadline:
+                os.kill(pid, signal.SIGKILL)
             _, status = os.waitpid(pid, 0)
         os.close(fd)
-    text = out.decode(errors="replace")
+    return out.decode(errors="replace").replace("\r", ""), os.waitstatus_to_exitcode(status) if status >= 0 else -1
+
+
+def test_run_it_under_a_real_terminal(busybox_root: Path) -> None:
+    text, code = drive_terminal(
+        [ISOLATE_BIN, "run", "-it", "--rootfs", str(busybox_root), "--", "sh"],
+        b"tty; echo pid=$$; stty size; sleep 30 &\njobs; kill %1; echo done; exit 4\n",
+    )
     assert "pid=1" in text and "33 101" in text  # PID 1, and the window size of the caller's terminal
+    assert "\n/dev/pts/0" in text, text  # a pty of the sandbox's own devpts, which tty can name
     assert "Running" in text and "sleep 30" in text and "done" in text  # job control: jobs lists the job
-    assert pid and os.waitstatus_to_exitcode(status) == 4, text
+    assert code == 4, text
+
+
+def test_exec_it_under_a_real_terminal(busybox_root: Path) -> None:
+    start(busybox_root, "sleep", "30", options=("--name", "tty-target"))
+    text, code = drive_terminal([ISOLATE_BIN, "exec", "-it", "tty-target", "sh"],
+                                b"tty; stty size; echo $((6 * 7)); exit 5\n", rows=21, cols=77)  # fmt: skip
+    cli("rm", "-f", "tty-target")
+    assert "\n/dev/pts/0" in text and "21 77" in text and "\n42" in text, text
+    assert code == 5, text
 
 
 def test_net_connect(busybox_root: Path) -> None:

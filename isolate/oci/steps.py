@@ -9,9 +9,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import socket
 import stat
-import struct
 import termios
 
 from .. import _libc
@@ -291,6 +289,9 @@ class MaskedPath(Step):
         return f"mount --bind /dev/null {_q(self.path)}  # or a read-only tmpfs over a directory"
 
 
+from ..terminal import open_pty_pair  # noqa: E402 - shared with isolate run -it
+
+
 class Console(Step):
     """``process.terminal``: a pty from the container's own devpts; the master goes to the
     engine's console socket (SCM_RIGHTS, with the pty's name as runc sends it), the slave
@@ -315,33 +316,6 @@ class Console(Step):
 
     def shell(self, root: str) -> str:
         return "# open /dev/ptmx, send the master to the console socket, make the slave stdio"
-
-
-_TIOCGPTN = 0x80045430
-_TIOCSPTLCK = 0x40045431
-
-
-def open_pty_pair(sock_fd: int, uid: int, rows: int, cols: int) -> int:
-    """Open a pty in this mount namespace's /dev/ptmx, send its master over ``sock_fd``
-    (then closed), and return the slave's descriptor."""
-    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    try:
-        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
-        number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0\0\0\0"))[0]
-        name = f"/dev/pts/{number}"
-        slave = os.open(name, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-        if uid:
-            os.fchown(slave, uid, -1)
-        if rows or cols:
-            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        sock = socket.socket(fileno=sock_fd)
-        try:
-            socket.send_fds(sock, [name.encode()], [master])
-        finally:
-            sock.close()
-    finally:
-        os.close(master)
-    return slave
 
 
 class CheckExecutable(Step):
