@@ -62,6 +62,11 @@ def monitor_alive(state_dir: str) -> bool:
 
 def find(state_dir: str, ref: str) -> dict[str, Any]:
     """A sandbox by name, full id or unique id prefix."""
+    if "/" not in ref and ref not in (".", ".."):
+        # A full id names its directory: no need to read every record (1000 sandboxes: 60 ms).
+        record = state.read_record(state_dir, ref)
+        if record is not None and record.get("id") == ref:
+            return record
     records = state.all_records(state_dir)
     for record in records:
         if record.get("name") == ref or record["id"] == ref:
@@ -159,7 +164,10 @@ def _pidfd(record: dict[str, Any], what: str) -> int:
 
 def kill(state_dir: str, ref: str, sig: int = signal.SIGKILL) -> None:
     """Send a signal to the sandbox's PID 1 (its init, or the command itself)."""
-    record = find(state_dir, ref)
+    _kill(find(state_dir, ref), sig)
+
+
+def _kill(record: dict[str, Any], sig: int) -> None:
     fd = _pidfd(record, "send it a signal")
     try:
         signal.pidfd_send_signal(fd, sig)
@@ -169,16 +177,38 @@ def kill(state_dir: str, ref: str, sig: int = signal.SIGKILL) -> None:
 
 def wait(state_dir: str, ref: str, timeout: float | None = None) -> dict[str, Any]:
     """Block until the sandbox stopped and the monitor recorded how; returns its record."""
-    record = find(state_dir, ref)
+    return _wait(state_dir, find(state_dir, ref), timeout)
+
+
+def _wait(state_dir: str, record: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    import select
+
     deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        record = state.read_record(state_dir, str(record["id"])) or record
-        status = status_of(record)
-        if status in ("stopped", "dead"):
-            return record
-        if deadline is not None and time.monotonic() > deadline:
-            raise ConfigError(f"{record['name']}: still running after {timeout} s")
-        time.sleep(0.01)
+    pidfd = -1
+    if record.get("pid") and state.is_alive(record):
+        try:
+            pidfd = os.pidfd_open(int(record["pid"]))
+        except ProcessLookupError:
+            pass
+    try:
+        if pidfd >= 0:
+            # The process's end first (a pidfd is readable once it exited), then the
+            # monitor's record of it, which follows within moments.
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            select.select([pidfd], [], [], left)
+        pause = 0.0005
+        while True:
+            record = state.read_record(state_dir, str(record["id"])) or record
+            status = status_of(record)
+            if status in ("stopped", "dead"):
+                return record
+            if deadline is not None and time.monotonic() > deadline:
+                raise ConfigError(f"{record['name']}: still running after {timeout} s")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
 
 
 def stop(state_dir: str, ref: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -205,8 +235,8 @@ def remove(state_dir: str, ref: str, force: bool = False) -> str:
     if status == "running":
         if not force:
             raise ConfigError(f"{record['name']}: is running; stop it first, or use rm -f")
-        kill(state_dir, ref, signal.SIGKILL)
-        wait(state_dir, ref, timeout=30)
+        _kill(record, signal.SIGKILL)
+        _wait(state_dir, record, timeout=30)
     if status == "dead":
         from .gc import collect_sandbox
 
