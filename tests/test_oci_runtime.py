@@ -349,3 +349,24 @@ def test_features_and_version(oci: Runtime) -> None:
     assert "spec: 1." in oci.ok("--version")
     done = subprocess.run([OCI, "--version"], env={"PATH": ""}, capture_output=True, text=True)
     assert done.returncode == 0, "engines run the runtime with an empty PATH"
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_device_rules_enforced(oci: Runtime, bundle: Any, allowed: bool) -> None:
+    """linux.resources.devices on v1 (devices.allow/deny) and v2 (a BPF device filter).
+
+    /dev/fuse (10:229) is made inside and opened for reading only, which is harmless: the
+    cgroup's refusal is EPERM, anything else (ENODEV without the module) means it let it by.
+    """
+    config = default_config()
+    caps = ["CAP_MKNOD", "CAP_KILL"]
+    process = {**config["process"], "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
+               "args": ["sh", "-c", "mknod /dev/f c 10 229 && (exec 3< /dev/f) 2>&1; echo end"]}  # fmt: skip
+    rules = [{"allow": False, "access": "rwm"}]
+    if allowed:
+        rules.append({"allow": True, "type": "c", "major": 10, "minor": 229, "access": "r"})
+    linux = {**config["linux"], "resources": {"devices": rules}}
+    done = oci("run", "--bundle", str(bundle(["true"], process=process, linux=linux)), "d1")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("end"), done.stdout
+    assert ("Operation not permitted" in done.stdout) is not allowed, done.stdout

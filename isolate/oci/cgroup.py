@@ -106,6 +106,10 @@ def create(version: str, dirs: dict[str, str], resources: dict[str, Any],
             if version == "v2":
                 _delegate(mount, path)
         apply(version, dirs, resources, devices or [])
+        if version == "v2" and resources.get("devices"):
+            from .devices_bpf import attach
+
+            attach(dirs["unified"], v2_device_rules(resources, devices or []))
     except BaseException:
         remove(made)
         raise
@@ -254,6 +258,14 @@ def writes(
 
 def _max(value: Any) -> str:
     return "max" if value is None or int(value) < 0 else str(int(value))
+
+
+def v2_device_rules(resources: dict[str, Any], devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rules of the v2 device filter, in v1's order: what v1 allows by default (everything,
+    until the config's first deny), the config's rules, its devices, runc's default devices."""
+    listed = [{"allow": True, "type": d.get("type", "c"), "major": d.get("major"), "minor": d.get("minor")}
+              for d in devices]  # fmt: skip
+    return [{"allow": True, "type": "a"}, *(resources.get("devices") or []), *listed, *DEFAULT_ALLOWED]
 
 
 def device_rules(rules: list[dict[str, Any]]) -> list[tuple[str, str]]:
