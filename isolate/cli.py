@@ -295,10 +295,9 @@ def exec_command(interactive: bool, tty: bool, env: tuple[str, ...], user: str |
     try:
         child = launcher.start(stdio)
         if sock is not None:
-            from .terminal import copy_size, receive_primary
+            from .terminal import receive_primary
 
             primary = receive_primary(sock)
-            copy_size(primary)
     finally:
         if sock is not None:
             sock.close()

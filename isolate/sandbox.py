@@ -398,10 +398,9 @@ class _Run:
             try:
                 self.pid, self.pidfd = self.engine.start(self.plan, (stdio[0], stdio[1], stdio[2]))
                 if sock is not None:
-                    from .terminal import copy_size, receive_primary
+                    from .terminal import receive_primary
 
                     primary = receive_primary(sock)
-                    copy_size(primary)
             finally:
                 if sock is not None:
                     sock.close()

@@ -91,11 +91,12 @@ def with_terminal_step(steps: list[Step], uid: int) -> list[Step]:
 
 
 def receive_primary(sock: socket.socket) -> int:
-    """The primary end the sandbox sent (see TerminalFromSandbox)."""
+    """The primary end the sandbox sent (see TerminalFromSandbox), sized like the caller's terminal."""
     _, fds, _, _ = socket.recv_fds(sock, 1024, 1)
     if not fds:
         raise OSError(errno.EPROTO, "the sandbox sent no terminal")
     os.set_inheritable(fds[0], False)
+    copy_size(fds[0])
     return fds[0]
 
 

@@ -370,3 +370,41 @@ def test_device_rules_enforced(oci: Runtime, bundle: Any, allowed: bool) -> None
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("end"), done.stdout
     assert ("Operation not permitted" in done.stdout) is not allowed, done.stdout
+
+
+def test_resources_translate_to_each_cgroup_version() -> None:
+    """The exact files and values of linux.resources on v1 and v2 (runc's and crun's conversions)."""
+    from isolate.oci.cgroup import writes
+
+    resources = {
+        "memory": {"limit": 64 << 20, "swap": 96 << 20, "reservation": 32 << 20},
+        "cpu": {"shares": 1024, "quota": 50000, "period": 100000, "cpus": "0"},
+        "pids": {"limit": 32},
+        "blockIO": {"weight": 500, "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}]},
+    }
+    v2 = writes("v2", resources)
+    assert v2 == [
+        ("unified", "memory.low", str(32 << 20)),
+        ("unified", "memory.max", str(64 << 20)),
+        ("unified", "memory.swap.max", str(32 << 20)),  # OCI's swap is memory + swap
+        ("unified", "cpu.weight", "39"),
+        ("unified", "cpu.max", "50000 100000"),
+        ("unified", "io.weight", "default 4950"),
+        ("unified", "io.max", "8:0 rbps=1048576"),
+        ("unified", "cpuset.cpus", "0"),
+        ("unified", "pids.max", "32"),
+    ]
+    v1 = [w for w in writes("v1", resources) if w[0] != "devices"]
+    assert v1 == [
+        ("memory", "memory.limit_in_bytes", str(64 << 20)),
+        ("memory", "memory.memsw.limit_in_bytes", str(96 << 20)),
+        ("memory", "memory.soft_limit_in_bytes", str(32 << 20)),
+        ("cpu", "cpu.shares", "1024"),
+        ("cpu", "cpu.cfs_period_us", "100000"),
+        ("cpu", "cpu.cfs_quota_us", "50000"),
+        ("blkio", "blkio.weight", "500"),
+        ("blkio", "blkio.throttle.read_bps_device", "8:0 1048576"),
+        ("cpuset", "cpuset.cpus", "0"),
+        ("pids", "pids.max", "32"),
+    ]
+    assert writes("v2", {"pids": {"limit": 0}}) == [("unified", "pids.max", "max")]

@@ -16,6 +16,7 @@ import os
 from .. import _libc as L
 from ..errors import ConfigError
 from ..seccomp import LoadSeccomp
+from ..security import SetOomScoreAdj
 from ..spec import Chdir, JoinCgroup, NoNewPrivs, PivotRoot, RemountRootReadOnly, SetHostname, Step
 from ..spec import UnshareCgroupNamespace as UnshareCgroupNs
 from . import steps as S
@@ -255,7 +256,7 @@ def build(
         raise ConfigError(f"process.cwd {cwd!r}: must be an absolute path")
     steps.append(Chdir(cwd))
     if process.get("oomScoreAdj") is not None:
-        steps.append(S.OomScoreAdj(int(process["oomScoreAdj"])))
+        steps.append(SetOomScoreAdj(int(process["oomScoreAdj"])))
     rlimits = []
     for item in process.get("rlimits") or []:
         name = item.get("type", "")

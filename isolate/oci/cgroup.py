@@ -239,7 +239,15 @@ def writes(
             quota = cpu.get("quota")
             out.append(("unified", "cpu.max", f"{_max(quota if quota else -1)} {cpu.get('period') or 100000}"))
         if blkio.get("weight"):
-            out.append(("unified", "io.weight", f"default {1 + (int(blkio['weight']) - 10) * 9999 // 990}"))
+            out.append(("unified", "io.weight", f"default {_io_weight(blkio['weight'])}"))
+        for dev in blkio.get("weightDevice") or []:
+            if dev.get("weight"):
+                out.append(("unified", "io.weight", f"{dev['major']}:{dev['minor']} {_io_weight(dev['weight'])}"))
+        # v1's four throttle files are one io.max line per device in v2.
+        for key, name in (("throttleReadBpsDevice", "rbps"), ("throttleWriteBpsDevice", "wbps"),
+                          ("throttleReadIOPSDevice", "riops"), ("throttleWriteIOPSDevice", "wiops")):  # fmt: skip
+            for dev in blkio.get(key) or []:
+                out.append(("unified", "io.max", f"{dev['major']}:{dev['minor']} {name}={dev['rate'] or 'max'}"))
         for page in resources.get("hugepageLimits") or []:
             out.append(("unified", f"hugetlb.{page['pageSize']}.max", str(page["limit"])))
         for name, value in (resources.get("unified") or {}).items():
@@ -254,6 +262,11 @@ def writes(
         limit = int(pids["limit"])
         out.append(("pids" if v1 else "unified", "pids.max", "max" if limit <= 0 else str(limit)))
     return out
+
+
+def _io_weight(weight: Any) -> int:
+    """blkio.weight (10..1000) as io.weight (1..10000), the conversion runc and crun use."""
+    return 1 + (int(weight) - 10) * 9999 // 990
 
 
 def _max(value: Any) -> str:

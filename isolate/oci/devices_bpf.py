@@ -15,6 +15,7 @@ import ctypes
 import os
 import struct
 
+from .. import _libc as L
 from ..errors import HostSupportError
 
 TYPE_CHECKING = False
@@ -30,8 +31,7 @@ _BPF_F_ALLOW_MULTI = 2
 _TYPES = {"b": 1, "c": 2}  # BPF_DEVCG_DEV_BLOCK, BPF_DEVCG_DEV_CHAR
 _ACCESS = {"m": 1, "r": 2, "w": 4}  # BPF_DEVCG_ACC_MKNOD, _READ, _WRITE
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+_libc = L._libc  # the C library as isolate/_libc.py binds it (errno kept, syscall returns long)
 
 
 def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:

@@ -113,6 +113,20 @@ class _Chdir:
         os.chdir(self.path)
 
 
+def forward_signals(pid: int) -> None:
+    """Relay the signals a caller sends to stop or resize what it waits for, to ``pid``."""
+
+    def relay(sig: int, _frame: object) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH, signal.SIGUSR1,
+                signal.SIGUSR2):  # fmt: skip
+        signal.signal(sig, relay)
+
+
 def _run(ns_fds: list[int], joins: list[str], steps: list[Any], target: _Target, detach: bool,
          pid_file: str | None, preserve_fds: int) -> int:  # fmt: skip
     from ..spawn import _decode_failure
@@ -147,15 +161,7 @@ def _run(ns_fds: list[int], joins: list[str], steps: list[Any], target: _Target,
         os.waitpid(child, 0)
         return 0
 
-    def relay(sig: int, _frame: object) -> None:
-        try:
-            os.kill(process_pid, sig)
-        except ProcessLookupError:
-            pass
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH, signal.SIGUSR1,
-                signal.SIGUSR2):  # fmt: skip
-        signal.signal(sig, relay)
+    forward_signals(process_pid)
     while True:
         try:
             _, status = os.waitpid(child, 0)
@@ -203,15 +209,7 @@ def _middle(ns_fds: list[int], joins: list[str], steps: list[Any], target: _Targ
         os.close(errw)
         if detach:
             os._exit(0)
-
-        def relay(sig: int, _frame: object) -> None:
-            try:
-                os.kill(process, sig)
-            except ProcessLookupError:
-                pass
-
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH):
-            signal.signal(sig, relay)
+        forward_signals(process)
         _, status = os.waitpid(process, 0)
         code = os.waitstatus_to_exitcode(status)
         os._exit(128 - code if code < 0 else code)

@@ -114,16 +114,9 @@ def run(ctx: click.Context, container_id: str, bundle: str, pid_file: str | None
         raise
     if detach:
         return
-    import _signal as signal
+    from .exec import forward_signals
 
-    def relay(sig: int, _frame: object) -> None:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH):
-        signal.signal(sig, relay)
+    forward_signals(pid)
     while True:
         try:
             _, status = os.waitpid(pid, 0)

@@ -548,21 +548,3 @@ class SetRlimits(Step):
 
     def shell(self, root: str) -> str:
         return "; ".join(f"prlimit --pid $$ --{n}={s}:{h}" for n, s, h in self.limits)
-
-
-class OomScoreAdj(Step):
-    __slots__ = ("value",)
-    what = "writing oom_score_adj"
-
-    def __init__(self, value: int) -> None:
-        self.value = value
-
-    def apply(self, root: str) -> None:
-        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, str(self.value).encode())
-        finally:
-            os.close(fd)
-
-    def shell(self, root: str) -> str:
-        return f"echo {self.value} > /proc/self/oom_score_adj"
