@@ -392,6 +392,10 @@ def main() -> None:
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
         _fail(f"{exc.strerror or exc}{where}")
+    except (KeyError, TypeError, ValueError) as exc:
+        # A config.json or process.json field of the wrong shape (a mapping without hostID, a
+        # string where a number goes): one line for the engine's log, not a traceback.
+        _fail(f"invalid runtime-spec input: {type(exc).__name__}: {exc}; check config.json against runtime-spec")
     finally:
         from .runtime import _warnings
 
