@@ -14,7 +14,17 @@ def main() -> None:
         if parsed is not None and (parsed[1] or parsed[0].get("image")):
             from .cli_run import execute_run
 
-            sys.exit(execute_run(parsed[0], parsed[1]))
+            code = execute_run(parsed[0], parsed[1])
+            # The sandbox is gone and reaped; what the interpreter's finalization would do
+            # (module teardown, a last garbage collection) is 1.5 ms of every run for nothing.
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except OSError:
+                pass
+            import os
+
+            os._exit(code)
     import click
 
     from .cli import cli
