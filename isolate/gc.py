@@ -43,6 +43,7 @@ def collect(state_dir: str, parent: str = DEFAULT_PARENT) -> list[str]:
     for record in state.all_records(state_dir):
         if status_of(record) == "dead":
             removed += collect_sandbox(state_dir, record)
+    removed += _interrupted_starts(state_dir)
     lay = cgroups.layout()
     by_id: dict[str, dict[str, str]] = {}
     hierarchies = {name: mount for name, mount in lay.v1_mounts.items()}
@@ -78,6 +79,26 @@ def collect(state_dir: str, parent: str = DEFAULT_PARENT) -> list[str]:
                     removed.append(f"lock {os.path.join(locks, sandbox_id)}")
                 except FileNotFoundError:
                     pass
+    return removed
+
+
+def _interrupted_starts(state_dir: str, grace: float = 60.0) -> list[str]:
+    """Record directories without a record: an unnamed `run -d` killed before the monitor
+    wrote it (a start takes milliseconds; these are older than ``grace`` seconds)."""
+    import shutil
+    import time
+
+    top = state.sandboxes_dir(state_dir)
+    removed = []
+    for entry in os.listdir(top) if os.path.isdir(top) else []:
+        path = os.path.join(top, entry)
+        try:
+            if os.path.exists(os.path.join(path, "state.json")) or time.time() - os.stat(path).st_mtime < grace:
+                continue
+        except FileNotFoundError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(f"sandbox {entry} (start interrupted, no record)")
     return removed
 
 

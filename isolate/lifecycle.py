@@ -118,13 +118,18 @@ def start_detached(sandbox: Sandbox, argv: list[str], name: str | None = None) -
         "creator": os.getpid(),
         "creator_start": state.process_start_time(os.getpid()),
     }
-    lock = state.records_lock(state_dir)
-    try:
-        if name is not None and any(r.get("name") == name for r in state.all_records(state_dir)):
-            raise ConfigError(f"--name {name}: a sandbox has that name already; `isolate rm {name}` frees it")
-        state.write_record(state_dir, record)
-    finally:
-        os.close(lock)
+    if name is None:
+        # Nothing to reserve: the monitor writes the first record, once the sandbox runs (a
+        # record now would be one more JSON write on every start, about 0.4 ms).
+        os.makedirs(directory, 0o700)
+    else:
+        lock = state.records_lock(state_dir)
+        try:
+            if any(r.get("name") == name for r in state.all_records(state_dir)):
+                raise ConfigError(f"--name {name}: a sandbox has that name already; `isolate rm {name}` frees it")
+            state.write_record(state_dir, record)
+        finally:
+            os.close(lock)
     fds: list[int] = []
     try:
         fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))

@@ -156,6 +156,15 @@ def test_killed_start_is_collected(busybox_root: Path) -> None:
     state.write_record(DEFAULT_STATE_DIR, record)
     assert json.loads(cli("ps", "-a", "--json").stdout)[0]["status"] == "dead"
     assert b"sandbox 0123456789ab (halfway, dead)" in cli("gc").stdout
+    # An unnamed `run -d` killed before the monitor wrote the first record: a directory
+    # with only the log; gc waits a minute (a start in progress takes milliseconds).
+    directory = state.record_dir(DEFAULT_STATE_DIR, "ba9876543210")
+    os.makedirs(directory)
+    open(os.path.join(directory, "log"), "w").close()
+    assert b"ba9876543210" not in cli("gc").stdout
+    os.utime(directory, (time.time() - 120, time.time() - 120))
+    assert b"sandbox ba9876543210 (start interrupted, no record)" in cli("gc").stdout
+    assert not os.path.exists(directory)
 
 
 def drive_terminal(argv: list[str], line: bytes, rows: int = 33, cols: int = 101) -> tuple[str, int]:
