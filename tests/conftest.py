@@ -114,6 +114,19 @@ def sandbox_cgroups() -> list[str]:
     return sorted(found)
 
 
+def pids_in_cgroups(tops: list[str]) -> set[int]:
+    """The processes in these cgroup directories and every group below them."""
+    pids: set[int] = set()
+    for top in tops:
+        for dirpath, _, _ in os.walk(top):
+            try:
+                with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                    pids.update(int(x) for x in f.read().split())
+            except OSError:
+                pass
+    return pids
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """After every test: no new host mount, open descriptor, state entry, cgroup or child process."""

@@ -552,15 +552,9 @@ def daemon_cgroups(base: Path) -> list[str]:
 
 def cgroup_pids(base: Path) -> set[int]:
     """The processes in ``cgroup_parent(base)`` and below, in any hierarchy."""
-    pids: set[int] = set()
-    for top in daemon_cgroups(base):
-        for dirpath, _, _ in os.walk(top):
-            try:
-                with open(os.path.join(dirpath, "cgroup.procs")) as f:
-                    pids.update(int(x) for x in f.read().split())
-            except OSError:
-                pass
-    return pids
+    from conftest import pids_in_cgroups
+
+    return pids_in_cgroups(daemon_cgroups(base))
 
 
 def _thaw(base: Path) -> None:

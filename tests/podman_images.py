@@ -524,15 +524,9 @@ def _remove_cgroups(store: Path) -> None:
     tops = store_cgroups(store)
     deadline = time.monotonic() + 10
     while tops:
-        pids: set[int] = set()
-        for top in tops:
-            for dirpath, _, _ in os.walk(top):
-                try:
-                    with open(os.path.join(dirpath, "cgroup.procs")) as f:
-                        pids.update(int(x) for x in f.read().split())
-                except OSError:
-                    pass
-        for pid in pids:  # our containers and their conmon: started through this store
+        from conftest import pids_in_cgroups
+
+        for pid in pids_in_cgroups(tops):  # our containers and their conmon: started through this store
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

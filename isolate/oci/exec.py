@@ -162,12 +162,13 @@ def _run(ns_fds: list[int], joins: list[str], steps: list[Any], target: _Target,
         return 0
 
     forward_signals(process_pid)
-    while True:
-        try:
-            _, status = os.waitpid(child, 0)
-            break
-        except InterruptedError:
-            continue
+    return wait_status(child)
+
+
+def wait_status(pid: int) -> int:
+    """Reap ``pid`` and return its status as a shell reports it (128 + N for signal N).
+    os.waitpid retries by itself when a relayed signal interrupts it (PEP 475)."""
+    _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 

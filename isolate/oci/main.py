@@ -114,18 +114,13 @@ def run(ctx: click.Context, container_id: str, bundle: str, pid_file: str | None
         raise
     if detach:
         return
-    from .exec import forward_signals
+    from .exec import forward_signals, wait_status
 
     forward_signals(pid)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
+    code = wait_status(pid)
     if not keep:
         runtime.delete(container_id, force=True)
-    sys.exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+    sys.exit(code)
 
 
 @cli.command()
