@@ -188,6 +188,7 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 _CAP_V3 = 0x20080522
 _SYS_CAPSET = {"x86_64": 126, "aarch64": 91, "armv7l": 185, "ppc64le": 184, "s390x": 185, "riscv64": 91}
+_SYS_CAPGET = {"x86_64": 125, "aarch64": 90, "armv7l": 184, "ppc64le": 183, "s390x": 184, "riscv64": 90}
 
 
 class _CapHeader(ctypes.Structure):
@@ -196,6 +197,15 @@ class _CapHeader(ctypes.Structure):
 
 class _CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def cap_permitted() -> int:
+    """This thread's permitted capability set as a 64-bit mask (capget(2))."""
+    header = _CapHeader(_CAP_V3, 0)
+    data = (_CapData * 2)()
+    nr = _SYS_CAPGET[_MACHINE]
+    _check(_libc.syscall(ctypes.c_long(nr), ctypes.byref(header), ctypes.byref(data)), "capget")
+    return int(data[0].permitted) | int(data[1].permitted) << 32
 
 
 def capset(effective: int, permitted: int, inheritable: int) -> None:

@@ -99,7 +99,7 @@ class DropCapabilities(Step):
             pass  # kernels before 4.3 have no ambient set
         # capset can only keep what the process has: root may lack some (a container host
         # can withhold CAP_SYS_RESOURCE, as these machines do).  "ALL" means all it has.
-        mask = sum(1 << cap for cap in wanted) & _permitted()
+        mask = sum(1 << cap for cap in wanted) & _libc.cap_permitted()
         _libc.capset(mask, mask, mask)
 
     def shell(self, root: str) -> str:
@@ -206,12 +206,3 @@ class MaskPath(Step):
     def shell(self, root: str) -> str:
         target = _q(root + self.path)
         return f"[ -d {target} ] && mount -t tmpfs -o ro tmpfs {target} || mount --bind /dev/null {target}"
-
-
-def _permitted() -> int:
-    """This process's permitted set (read from /proc, which the sandbox has mounted by now)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("CapPrm:"):
-                return int(line.split()[1], 16)
-    return 0

@@ -324,9 +324,9 @@ def _check_capabilities(caps: dict[str, list[str]] | None) -> None:
     (a host may withhold CAP_SYS_RESOURCE from root, as these machines do)."""
     if not caps:
         return
-    from ..security import CAP_NUMBER, _permitted
+    from ..security import CAP_NUMBER
 
-    have = _permitted()
+    have = L.cap_permitted()
     wanted = {name for names in caps.values() for name in names or []}
     unknown = sorted(n for n in wanted if n.upper().removeprefix("CAP_") not in CAP_NUMBER)
     if unknown:

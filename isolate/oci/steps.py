@@ -13,7 +13,7 @@ import stat
 import termios
 
 from .. import _libc
-from ..security import CAP_NUMBER, _permitted
+from ..security import CAP_NUMBER
 from ..spec import Step, _q, resolve_in_root
 
 TYPE_CHECKING = False
@@ -479,7 +479,7 @@ class Identity(Step):
         if self.umask is not None:
             os.umask(self.umask)
         if self.permitted is not None:
-            have = _permitted()
+            have = _libc.cap_permitted()
             _libc.capset((self.effective or 0) & have, self.permitted & have, (self.inheritable or 0) & have)
             try:
                 _libc.prctl(_libc.PR_CAP_AMBIENT, _libc.PR_CAP_AMBIENT_CLEAR_ALL)
