@@ -10,6 +10,7 @@ from .config import DEFAULT_PATH, SandboxConfig
 from .errors import HostSupportError
 from .seccomp import LoadSeccomp
 from .spec import (
+    AwaitCgroup,
     Chdir,
     Chroot,
     JoinCgroup,
@@ -182,16 +183,21 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
     parent_joins: list[str] = []
     if userns is not None:
         flags |= L.CLONE_NEWUSER
+    join: list[Step] = []
     if version is not None:
-        # First of all, so that everything the child does is accounted to the sandbox.  In a
-        # user namespace the cgroup's files are the host root's: the parent moves the child.
+        # The parent makes the cgroup while the child mounts the root; the child then joins
+        # before anything of the command's runs (and before isolate's init forks).  In a user
+        # namespace the cgroup's files are the host root's: the parent moves the child.
         from .cgroups.base import join_files
 
         if userns is None:
-            steps.append(JoinCgroup(join_files(version, dirs)))
+            join = [AwaitCgroup(), JoinCgroup(join_files(version, dirs)), UnshareCgroupNamespace()]
         else:
             parent_joins = sorted({f"{d}/cgroup.procs" for d in dirs.values()})
-        steps.append(UnshareCgroupNamespace())
+            steps.append(UnshareCgroupNamespace())
+        if config.init:
+            steps += join
+            join = []
     steps.append(MakeMountsPrivate())
     steps += overlay.stage_steps(stage)
     image = _image_settings(config, list(argv)) if config.image is not None else None
@@ -210,21 +216,23 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
         steps += rootfs.host_bind_steps()
     steps += mounts.proc_steps()
     steps += mounts.sys_steps()
-    if version is not None and userns is None:  # v1 hierarchies cannot be mounted in a user namespace
-        steps += mounts.cgroup_steps(version, dirs)
     steps += mounts.dev_steps(
         own_ipc="ipc" not in config.shared, userns=userns is not None, tty_group=userns is None or len(userns) > 1
     )
     steps += mounts.tmp_steps()
     if not config.privileged:
         steps += security.mask_steps(root)
-    steps += [mounts.tmpfs_step(t) for t in config.tmpfs]
-    steps += [mounts.volume_step(v) for v in config.volumes]
     if "net" not in config.shared:
         steps.append(LoopbackUp())
     hostname = config.hostname or ("" if "uts" in config.shared else sandbox_id)
     if hostname:
         steps.append(SetHostname(hostname))
+    # As late as the cgroup mounts allow: all the steps above overlap the parent's cgroup work.
+    steps += join
+    if version is not None and userns is None:  # v1 hierarchies cannot be mounted in a user namespace
+        steps += mounts.cgroup_steps(version, dirs)
+    steps += [mounts.tmpfs_step(t) for t in config.tmpfs]
+    steps += [mounts.volume_step(v) for v in config.volumes]
     steps.append(PivotRoot() if config.mode == "pivot_root" else Chroot())
     workdir = config.workdir or (image.workdir if image is not None else None) or "/"
     steps.append(Chdir(workdir))

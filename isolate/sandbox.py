@@ -15,7 +15,7 @@ from .result import RunResult, status_from_wait
 
 TYPE_CHECKING = False  # typing and collections.abc cost milliseconds to import
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from typing import IO, Any, Protocol
 
     from .spec import Plan
@@ -83,6 +83,11 @@ class Sandbox:
             /etc/subuid, else 100000-165535), so files it creates on volumes belong to that id.
         spawn: ``"auto"``, ``"direct"`` (clone from this process) or ``"helper"`` (a small
             pre-started process clones, so the cost does not grow with this process's memory).
+        prestart: from the second :meth:`run` on, build the next run's sandbox (namespaces,
+            root, cgroup) while the command runs, so that runs in a loop overlap their setup;
+            it waits as a child of this process until the next run, :meth:`close` or the
+            Sandbox's collection.  Only for runs cloned from this process (``spawn``), with
+            a cgroup, and without volumes, images, ``keep``, ``init`` or ``userns``.
     """
 
     def __init__(
@@ -115,6 +120,7 @@ class Sandbox:
         oom_score_adj: int | None = None,
         userns: bool = False,
         spawn: str = "auto",
+        prestart: bool = True,
     ) -> None:
         if isinstance(user, str):
             user = parse_user(user)
@@ -153,6 +159,21 @@ class Sandbox:
             raise ConfigError(f"spawn={spawn!r}: choose auto, direct or helper")
         self.spawn = spawn
         self.config.validate()
+        self._runs = 0
+        self._spares: list[Any] = []  # at most one spawn.Spare: the next run, built ahead
+        self._spare_config = ""
+        self._no_spare = not prestart
+        self._runs_finalizer = False
+
+    def close(self) -> None:
+        """End the sandbox kept built for the next run, if any (a collected Sandbox does it too)."""
+        _discard(self._spares)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def plan(self, argv: Sequence[str], sandbox_id: str | None = None) -> Plan:
         """The steps a run of ``argv`` would take, without running anything."""
@@ -190,9 +211,56 @@ class Sandbox:
         """
         if not argv and self.config.image is None:
             raise ConfigError("no command given: pass the command to run after --")
-        plan = self.plan(argv)
-        return self.run_plan(plan, capture=capture, input=input, stdin=stdin, stdout=stdout, stderr=stderr,
-                             timeout=timeout, forward_signals=forward_signals, tty=tty)  # fmt: skip
+        spare = self._take_spare(tty)
+        if spare is not None:
+            plan = spare.plan
+            plan.argv = list(argv)
+        else:
+            plan = self.plan(argv)
+        self._runs += 1
+        # From the second run on, a Sandbox run in a loop builds the next root while the
+        # command runs (spawn.Spare): sequential runs overlap their setup.
+        refill = self._runs >= 2 and not self._no_spare and not tty and self._spare_possible()
+        return self._run_plan(plan, capture, input, stdin, stdout, stderr, timeout, forward_signals, tty,
+                              spare, (lambda: self._prestart(argv)) if refill else None)  # fmt: skip
+
+    def _spare_possible(self) -> bool:
+        c = self.config
+        if c.volumes or c.keep or c.image is not None or c.init or c.userns or os.geteuid() != 0:
+            return False  # volumes and images are resolved per run; the others wait elsewhere
+        return self.spawn == "direct" or (self.spawn == "auto" and _rss() <= HELPER_THRESHOLD)
+
+    def _take_spare(self, tty: bool) -> Any:
+        try:
+            spare = self._spares.pop()  # atomic: two threads never get the same one
+        except IndexError:
+            return None
+        if tty or self._spare_config != repr(self.config.__dict__) or not spare.alive():
+            spare.discard()  # built for another configuration, or gone
+            return None
+        return spare
+
+    def _prestart(self, argv: Sequence[str]) -> None:
+        """Build the next run's sandbox up to its cgroup while this run's command runs."""
+        if self._spares:
+            return
+        from .errors import IsolateError
+        from .supervisor import Supervisor
+
+        try:
+            spare = Supervisor().prestart(self.plan(argv))
+        except ValueError:  # without a cgroup of its own, or joined by the parent: never
+            self._no_spare = True
+            return
+        except (OSError, IsolateError):
+            return  # the next run starts as this one did, and says what fails
+        if not self._runs_finalizer:
+            import weakref
+
+            weakref.finalize(self, _discard, self._spares)
+            self._runs_finalizer = True
+        self._spare_config = repr(self.config.__dict__)
+        self._spares.append(spare)
 
     def run_plan(
         self,
@@ -208,11 +276,33 @@ class Sandbox:
         tty: bool = False,
     ) -> RunResult:
         """Run a plan made by :meth:`plan` (what ``--explain`` printed is what runs)."""
+        return self._run_plan(plan, capture, input, stdin, stdout, stderr, timeout, forward_signals, tty, None, None)
+
+    def _run_plan(
+        self,
+        plan: Plan,
+        capture: bool,
+        input: bytes | None,
+        stdin: int | IO[Any] | None,
+        stdout: int | IO[Any] | None,
+        stderr: int | IO[Any] | None,
+        timeout: float | None,
+        forward_signals: bool,
+        tty: bool,
+        spare: Any,
+        refill: Callable[[], None] | None,
+    ) -> RunResult:
         wall = self.config.limits.wall_time
         if wall is not None and (timeout is None or wall < timeout):
             timeout = wall
         plan.tty = tty
-        return _Run(plan, self._engine()).run(capture, input, stdin, stdout, stderr, timeout, forward_signals)
+        if spare is not None:
+            from .supervisor import Supervisor
+
+            engine: tuple[_Engine, Any] = (Supervisor(), None)
+        else:
+            engine = self._engine()
+        return _Run(plan, engine, spare, refill).run(capture, input, stdin, stdout, stderr, timeout, forward_signals)
 
     def _engine(self) -> tuple[_Engine, Any]:
         use_helper = self.spawn == "helper" or (self.spawn == "auto" and _rss() > HELPER_THRESHOLD)
@@ -329,6 +419,11 @@ def build_result(
     return result
 
 
+def _discard(spares: list[Any]) -> None:
+    while spares:
+        spares.pop().discard()
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGESIZE")
@@ -343,9 +438,12 @@ def _fileno(value: int | IO[Any] | None, default: int) -> int:
 class _Run:
     """One run: stdio plumbing, waiting, timeout, signal forwarding and the result."""
 
-    def __init__(self, plan: Plan, engine: tuple[_Engine, Any]) -> None:
+    def __init__(self, plan: Plan, engine: tuple[_Engine, Any], spare: Any = None,
+                 refill: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.plan = plan
         self.engine, self.helper = engine
+        self.spare = spare  # spawn.Spare: this plan, built ahead
+        self.refill = refill  # builds the next run's spare once this one's command started
         self.pidfd = -1
         self.pid = 0
         self.emulated: int | None = None
@@ -396,7 +494,13 @@ class _Run:
                 self.plan.steps = with_terminal_step(self.plan.steps, self.plan.user[0] if self.plan.user else 0)
             started = time.monotonic()
             try:
-                self.pid, self.pidfd = self.engine.start(self.plan, (stdio[0], stdio[1], stdio[2]))
+                if self.spare is not None:  # the next spare is built while this one execs
+                    refill, self.refill = self.refill, None
+                    self.pid, self.pidfd = self.engine.start(  # type: ignore[call-arg]
+                        self.plan, (stdio[0], stdio[1], stdio[2]), self.spare, refill
+                    )
+                else:
+                    self.pid, self.pidfd = self.engine.start(self.plan, (stdio[0], stdio[1], stdio[2]))
                 if sock is not None:
                     from .terminal import receive_primary
 
@@ -409,6 +513,8 @@ class _Run:
             child_fds = []
             finished = False
             try:
+                if self.refill is not None:
+                    self.refill()
                 if primary >= 0:
                     from .terminal import interact
 

@@ -16,7 +16,11 @@ import select
 from . import _libc
 from .errors import CommandNotExecutableError, CommandNotFoundError, SetupError
 from .init import become_init
-from .spec import JoinCgroup, Plan, UnshareCgroupNamespace
+from .spec import AwaitCgroup, JoinCgroup, Plan, UnshareCgroupNamespace
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # Signals whose default action ends a process.  The kernel drops them for a pid
 # namespace's init unless it has a handler (pid_namespaces(7)).
@@ -58,27 +62,42 @@ def cleanup(plan: Plan, failed: bool) -> None:
         shutil.rmtree(os.path.dirname(plan.keep_dirs[0]), ignore_errors=True)
 
 
-def launch(plan: Plan, stdio: tuple[int, int, int]) -> int:
+def launch(plan: Plan, stdio: tuple[int, int, int], meanwhile: Callable[[], None] | None = None) -> int:
     """Start the sandbox; return the pid of its first process once the command was exec'd.
 
+    ``meanwhile`` runs in the parent once the child exists, while it builds its root; the
+    child's AwaitCgroup step (or, in a user namespace, its first action) waits for it.
     Raises SetupError (or CommandNotFoundError / CommandNotExecutableError) after reaping
-    the child when a step or the exec failed.
+    the child when a step or the exec failed, or what ``meanwhile`` raised after killing it.
     """
+    pid, errr = begin(plan, stdio, meanwhile)
+    return await_exec(pid, errr)
+
+
+def begin(plan: Plan, stdio: tuple[int, int, int], meanwhile: Callable[[], None] | None = None) -> tuple[int, int]:
+    """Clone the child and let it build its root: (pid, read end of its error pipe)."""
+    awaits = [step for step in plan.steps if isinstance(step, AwaitCgroup)]
     errr, errw = os.pipe2(os.O_CLOEXEC)
-    gor, gow = os.pipe2(os.O_CLOEXEC) if plan.userns else (-1, -1)
+    gor, gow = os.pipe2(os.O_CLOEXEC) if plan.userns or awaits or meanwhile else (-1, -1)
+    for step in awaits:
+        step.fd = gor
     try:
         pid = _libc.clone_fork(plan.clone_flags)
         if pid == 0:
             _child(plan, stdio, errw, errr, gor, gow)  # never returns
         os.close(errw)
         errw = -1
-        if plan.userns:
-            # The child waits on this pipe: it needs its uid/gid maps (and, since the cgroup's
-            # files belong to the host's root, its cgroup) before it may do anything.
+        if gow >= 0:
+            # The child waits on this pipe: in a user namespace for its uid/gid maps (and,
+            # since the cgroup's files belong to the host's root, its cgroup) before it may
+            # do anything; otherwise at its AwaitCgroup step, for its cgroup.
             os.close(gor)
             gor = -1
             try:
-                _map_ids(pid, plan.userns)
+                if plan.userns:
+                    _map_ids(pid, plan.userns)
+                if meanwhile is not None:
+                    meanwhile()
                 for path in plan.parent_joins:
                     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
                     try:
@@ -92,18 +111,43 @@ def launch(plan: Plan, stdio: tuple[int, int, int]) -> int:
             finally:
                 os.close(gow)  # end-of-file: go (a child that sees no maps fails its first step)
                 gow = -1
-        report = b""
-        while chunk := os.read(errr, 65536):
-            report += chunk
+    except BaseException:
+        os.close(errr)
+        raise
     finally:
         for fd in (errw, gor, gow):
             if fd >= 0:
                 os.close(fd)
+    return pid, errr
+
+
+def await_exec(pid: int, errr: int) -> int:
+    """``pid`` once it exec'd its command (end-of-file on the close-on-exec pipe ``errr``)."""
+    report = b""
+    try:
+        while chunk := os.read(errr, 65536):
+            report += chunk
+    finally:
         os.close(errr)
     if report:
         os.waitpid(pid, 0)
         raise _decode_failure(report)
     return pid
+
+
+def _receive_run(plan: Plan) -> None:
+    """In a spare, ready to exec: wait for the run's command and stdio (supervisor.Spare.go)."""
+    import socket  # already loaded by the parent (nothing can be imported after pivot_root)
+
+    sock = socket.socket(fileno=plan.spare_fd)
+    message, fds, _, _ = socket.recv_fds(sock, 1 << 21, 3)
+    if len(fds) != 3:
+        os._exit(125)  # the parent discarded us
+    plan.argv = [os.fsdecode(a) for a in message.split(b"\0")]
+    _setup_stdio((fds[0], fds[1], fds[2]))
+    for fd in fds:
+        os.close(fd)
+    sock.close()
 
 
 def _map_ids(pid: int, maps: list[tuple[int, int, int]]) -> None:
@@ -193,10 +237,10 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: i
     what = "starting the sandbox"
     step = None
     try:
-        if gor >= 0:
-            os.close(gow)
+        if gow >= 0:
+            os.close(gow)  # or the end-of-file the child waits for never comes
+        if plan.userns:
             os.read(gor, 1)  # returns at end-of-file, once the parent wrote the id maps
-            os.close(gor)
             os.setresgid(0, 0, 0)  # become the namespace's root, which the maps just defined
             os.setresuid(0, 0, 0)
         # The child shares the parent's memory copy-on-write; a garbage collection would
@@ -214,7 +258,8 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: i
         if plan.init:
             # Join the cgroup (and its namespace) as PID 1, then leave the rest to a worker:
             # see init.py for why the long-lived init must touch as little as possible.
-            while first < len(plan.steps) and isinstance(plan.steps[first], (JoinCgroup, UnshareCgroupNamespace)):
+            joining = (AwaitCgroup, JoinCgroup, UnshareCgroupNamespace)
+            while first < len(plan.steps) and isinstance(plan.steps[first], joining):
                 step = plan.steps[first]
                 step.apply(plan.root)
                 if plan.trace_fd >= 0:
@@ -226,6 +271,14 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: i
                 become_init(worker, errw)
         os.setsid()
         _setup_stdio(stdio)  # with a tty, stdin is a socket: see terminal.TerminalFromSandbox
+        if plan.spare_fd >= 0:
+            # A spare may wait long for its run: it keeps none of the caller's descriptors
+            # (a pipe or socket the caller closes must reach its end-of-file meanwhile).
+            low = 3
+            for fd in sorted(fd for fd in (errw, gor, plan.spare_fd) if fd >= 3):
+                os.closerange(low, fd)
+                low = fd + 1
+            os.closerange(low, 0x7FFFFFFF)
         _libc.close_range_cloexec(3)
         os.set_inheritable(errw, False)
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
@@ -236,6 +289,9 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: i
             if plan.trace_fd >= 0:
                 os.write(plan.trace_fd, (step.shell(plan.root) + "\n").encode())
         step = None
+        if plan.spare_fd >= 0:
+            what = "waiting for the run"
+            _receive_run(plan)
         _exec(plan, errw)
     except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
         if step is not None:

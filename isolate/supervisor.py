@@ -10,6 +10,9 @@ from .spec import Plan
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable
+
     from .cgroups import Cgroup
 
 # (wait status, user seconds, system seconds, cgroup stats as a dict or None)
@@ -22,24 +25,54 @@ class Supervisor:
     def __init__(self) -> None:
         self._running: dict[int, tuple[Plan, int, Cgroup | None, int, list[int]]] = {}
 
-    def start(self, plan: Plan, stdio: tuple[int, int, int]) -> tuple[int, int]:
+    def start(
+        self,
+        plan: Plan,
+        stdio: tuple[int, int, int],
+        spare: Spare | None = None,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> tuple[int, int]:
         """(pid, pidfd) of the sandbox's first process; on failure nothing is left behind.
 
         The returned pidfd is the caller's to close (the helper sends its copy over a socket,
         so ownership is the same in both modes); the supervisor keeps one of its own.
+        With ``spare`` (this plan, built ahead by :meth:`prestart`) only the exec is left;
+        ``meanwhile`` runs while it execs.
         """
+        if spare is not None:
+            try:
+                pid = spare.go(plan.argv, stdio, meanwhile)
+            except BaseException:
+                spare.discard()
+                raise
+            pidfd, spare.pidfd = spare.pidfd, -1
+            self._running[pid] = (plan, pidfd, spare.group, spare.lock, [])
+            return pid, os.dup(pidfd)
         lock = state.hold(plan.state_dir, plan.sandbox_id) if plan.cgroup_version else -1
         group = None
+        made: list[Cgroup | None] = []
         layer_fds = state.hold_shared(plan.layer_locks)
         try:
-            group = _create_cgroup(plan)
+            # The cgroup is made while the child mounts its root (AwaitCgroup), except when
+            # tracing: then the trace lists the parent's work first, as --explain does.
+            meanwhile = None
+            if plan.trace_fd >= 0 or plan.userns or not plan.cgroup_version:
+                group = _create_cgroup(plan)
+            else:
+
+                def meanwhile() -> None:
+                    made.append(_create_cgroup(plan))
+
             spawn.prepare(plan)
             try:
-                pid = spawn.launch(plan, stdio)
+                pid = spawn.launch(plan, stdio, meanwhile)
+                if made:
+                    group = made[0]
             except BaseException:
                 spawn.cleanup(plan, failed=True)
                 raise
         except BaseException:
+            group = group or (made[0] if made else None)
             if group is not None:
                 group.kill_all()
                 group.remove()
@@ -75,6 +108,34 @@ class Supervisor:
                 state.close_all(layer_fds)
         return status, utime, stime, stats
 
+    def prestart(self, plan: Plan) -> Spare:
+        """Build ``plan``'s sandbox, cgroup included, up to its exec; :meth:`start` runs it."""
+        import socket  # send_fds/recv_fds; loaded before the child needs it (see spawn._receive_run)
+
+        if plan.userns or plan.init or plan.layer_locks or plan.keep_dirs or not plan.cgroup_version:
+            raise ValueError("this plan cannot be built ahead")
+        lock = state.hold(plan.state_dir, plan.sandbox_id)
+        made: list[Cgroup | None] = []
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        plan.spare_fd = theirs.fileno()
+        null = -1
+        try:
+            spawn.prepare(plan)
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)  # the run's stdio come with go()
+            pid, errr = spawn.begin(plan, (null, null, null), lambda: made.append(_create_cgroup(plan)))
+            pidfd = os.pidfd_open(pid)
+        except BaseException:
+            ours.close()
+            if made and made[0] is not None:
+                made[0].remove()
+            state.release(plan.state_dir, plan.sandbox_id, lock)
+            raise
+        finally:
+            theirs.close()
+            if null >= 0:
+                os.close(null)
+        return Spare(plan, pid, pidfd, errr, ours, made[0], lock)
+
     def kill_all(self) -> None:
         """End and reap every sandbox still running (the caller went away)."""
         for pid, (_, pidfd, *_rest) in list(self._running.items()):
@@ -83,6 +144,74 @@ class Supervisor:
             except ProcessLookupError:
                 pass
             self.finish(pid)
+
+
+class Spare:
+    """A sandbox built ahead of its run, waiting at its exec for the command and its stdio.
+
+    A Sandbox run in a loop builds the next one while the current command runs, so that
+    sequential runs overlap their setup.  It owns its cgroup and lock from the start; it
+    dies with the thread that made it (PR_SET_PDEATHSIG) or by :meth:`discard`, and
+    ``isolate gc`` removes what a crashed caller left.
+    """
+
+    def __init__(
+        self, plan: Plan, pid: int, pidfd: int, errr: int, sock: socket.socket, group: Cgroup | None, lock: int
+    ) -> None:
+        self.plan = plan
+        self.pid = pid
+        self.pidfd = pidfd  # to kill it safely even once someone else reaped it
+        self.errr = errr
+        self.sock = sock
+        self.group = group
+        self.lock = lock
+
+    def alive(self) -> bool:
+        """Still waiting: not killed, and no step failed (then it exited)."""
+        try:
+            done, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else's wait()
+            return False
+        return not done
+
+    def go(self, argv: list[str], stdio: tuple[int, int, int], meanwhile: Callable[[], None] | None = None) -> int:
+        """Hand over the command and stdio; its pid once exec'd, as spawn.launch returns it."""
+        import socket
+
+        try:
+            socket.send_fds(self.sock, [b"\0".join(os.fsencode(a) for a in argv)], list(stdio))
+        except OSError:
+            pass  # it is gone: its report, or its death, tells why
+        finally:
+            self.sock.close()
+        if meanwhile is not None:
+            meanwhile()
+        errr, self.errr = self.errr, -1
+        return spawn.await_exec(self.pid, errr)
+
+    def discard(self) -> None:
+        """End it and remove its cgroup and lock (also after a failed :meth:`go`)."""
+        if self.pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:  # reaped already (by go or alive, or someone's wait())
+                pass
+            os.close(self.pidfd)
+            self.pidfd = -1
+        self.sock.close()
+        if self.errr >= 0:
+            os.close(self.errr)
+            self.errr = -1
+        if self.group is not None:
+            self.group.remove()
+            self.group = None
+        if self.lock >= 0:
+            state.release(self.plan.state_dir, self.plan.sandbox_id, self.lock)
+            self.lock = -1
 
 
 def _create_cgroup(plan: Plan) -> Cgroup | None:

@@ -1,0 +1,167 @@
+"""Runs in a loop overlap their setup: a Sandbox builds the next sandbox while a command runs.
+
+Each test checks what a user sees (fresh sandboxes, limits, stdio, errors) and what the
+host keeps meanwhile: one waiting child with its cgroup and lock, gone after close(), after
+the Sandbox is collected, and (through ``isolate gc``) after its caller was killed.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import cli, open_fds, processes_matching, sandbox_cgroups, sandbox_children, state_entries
+
+from isolate import CommandNotFoundError, Limits, Sandbox
+
+
+def spare_of(box: Sandbox) -> object:
+    assert len(box._spares) == 1, "no sandbox was built ahead"
+    return box._spares[0]
+
+
+def test_each_run_of_a_loop_gets_a_fresh_sandbox(busybox_root: Path) -> None:
+    with Sandbox(busybox_root, spawn="direct") as box:
+        seen = []
+        for i in range(6):
+            # Whatever a run leaves in its root or /tmp must not reach the next one.
+            script = f"ls /mark* /tmp/t* 2>/dev/null | wc -l; touch /mark{i} /tmp/t{i}; hostname"
+            result = box.run(["sh", "-c", script], capture=True)
+            assert result.stdout.split() == [b"0", result.sandbox_id.encode()]
+            seen.append(result.sandbox_id)
+        assert len(set(seen)) == 6
+        spare = spare_of(box)
+        # The spare waits as a child of this process, in a cgroup of its own.
+        assert spare.pid in sandbox_children()  # type: ignore[attr-defined]
+        assert any(spare.plan.sandbox_id in d for d in sandbox_cgroups())  # type: ignore[attr-defined]
+    assert box._spares == [] and sandbox_children() == [] and sandbox_cgroups() == []
+
+
+def test_a_run_served_by_a_spare_keeps_its_limits_and_stdio(tmp_path: Path, marker: str) -> None:
+    with Sandbox(spawn="direct", limits=Limits(memory="32M", memory_swap="32M", pids=16, wall_time=5)) as box:
+        for _ in range(2):
+            box.run(["true"])
+        spare_of(box)
+        # stdin, stdout and stderr are handed over with the command: pipes, files, inherited.
+        result = box.run(["sh", "-c", "cat; echo err >&2"], input=b"in" * 50000, capture=True)
+        assert (result.stdout, result.stderr) == (b"in" * 50000, b"err\n")
+        out = tmp_path / "out"
+        with open(out, "wb") as f:
+            assert box.run(["echo", "to a file"], stdout=f).exit_code == 0
+        assert out.read_bytes() == b"to a file\n"
+        # The limits hold: a memory hog is OOM-killed, a fork loop stops at pids.max.
+        hog = box.run(["python3", "-c", "x = bytearray(128 << 20)\nprint('survived')"], capture=True)
+        assert hog.status == "oom-killed" and hog.stdout == b"" and "memory" in hog.limits_hit
+        bomb = box.run(["sh", "-c", "while :; do sleep 5 & done", marker], capture=True)
+        assert b"fork" in (bomb.stderr or b"").lower() and "pids" in bomb.limits_hit
+        assert processes_matching(marker) == []
+
+
+def test_errors_and_a_changed_configuration(busybox_root: Path) -> None:
+    with Sandbox(busybox_root, spawn="direct") as box:
+        box.run(["true"])
+        box.run(["true"])
+        old = spare_of(box)
+        with pytest.raises(CommandNotFoundError, match="nope: command not found"):
+            box.run(["nope"])  # the spare found no command: the same error as a cold start
+        assert old not in box._spares
+        assert not any(old.plan.sandbox_id in d for d in sandbox_cgroups())  # type: ignore[attr-defined]
+        # A Sandbox changed between runs does not use what was built for the old settings.
+        box.run(["true"])
+        box.run(["true"])
+        box.config.hostname = "changed"
+        assert box.run(["hostname"], capture=True).stdout == b"changed\n"
+
+
+def test_a_killed_spare_is_replaced_by_a_cold_start(busybox_root: Path) -> None:
+    with Sandbox(busybox_root, spawn="direct") as box:
+        box.run(["true"])
+        box.run(["true"])
+        spare = spare_of(box)
+        os.kill(spare.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+        time.sleep(0.1)
+        assert box.run(["echo", "cold"], capture=True).stdout == b"cold\n"
+    assert sandbox_cgroups() == []
+
+
+def test_the_spare_holds_none_of_the_callers_descriptors(busybox_root: Path) -> None:
+    box = Sandbox(busybox_root, spawn="direct")
+    r, w = os.pipe()
+    try:
+        box.run(["true"])
+        box.run(["true"])  # the spare is cloned while this runs, with r and w open here
+        spare = spare_of(box)
+        time.sleep(0.2)
+        os.close(w)  # the reader must see its end-of-file: nobody else holds w
+        w = -1
+        assert os.read(r, 10) == b""
+        fd_dir = f"/proc/{spare.pid}/fd"  # type: ignore[attr-defined]
+        held = {os.readlink(f"{fd_dir}/{fd}") for fd in os.listdir(fd_dir)}
+        assert os.readlink(f"/proc/self/fd/{r}") not in held
+        assert len(held) <= 6, held  # /dev/null as stdio, its error pipe, its socket, its cgroup pipe
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+        box.close()
+
+
+def test_a_collected_sandbox_takes_its_spare_along(busybox_root: Path) -> None:
+    fds = open_fds()
+    box = Sandbox(busybox_root, spawn="direct")
+    box.run(["true"])
+    box.run(["true"])
+    spare_of(box)
+    del box
+    gc.collect()
+    assert sandbox_children() == [] and sandbox_cgroups() == [] and open_fds() == fds
+
+
+KILLED_CALLER = """
+import sys, time
+from isolate import Sandbox
+box = Sandbox(sys.argv[1])
+box.run(["true"])
+box.run(["true"])
+assert box._spares, "no spare"
+print(box._spares[0].pid, flush=True)
+time.sleep(100)
+"""
+
+
+def test_gc_removes_the_spare_of_a_killed_caller(busybox_root: Path) -> None:
+    caller = subprocess.Popen([sys.executable, "-c", KILLED_CALLER, str(busybox_root)], stdout=subprocess.PIPE)
+    try:
+        assert caller.stdout is not None
+        spare_pid = int(caller.stdout.readline())
+        assert sandbox_cgroups(), "the spare has a cgroup"
+    finally:
+        caller.kill()
+        caller.wait()
+        if caller.stdout is not None:
+            caller.stdout.close()
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{spare_pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)  # the spare dies with its caller (PR_SET_PDEATHSIG)
+    assert not os.path.exists(f"/proc/{spare_pid}")
+    assert cli("gc").returncode == 0
+    assert sandbox_cgroups() == [] and not [e for e in state_entries() if "/locks/" in e]
+
+
+def test_prestart_off_and_where_it_does_not_apply(busybox_root: Path, tmp_path: Path) -> None:
+    for box in (
+        Sandbox(busybox_root, spawn="direct", prestart=False),
+        Sandbox(busybox_root, spawn="helper"),  # cloned in the helper process
+        Sandbox(busybox_root, spawn="direct", volumes=[f"{tmp_path}:/v"]),  # sources resolved per run
+        Sandbox(busybox_root, spawn="direct", cgroups=False),  # no cgroup to wait for
+    ):
+        for _ in range(3):
+            assert box.run(["true"]).exit_code == 0
+        assert box._spares == []
+        assert sandbox_children() == []
