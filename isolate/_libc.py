@@ -22,6 +22,7 @@ _SYS_CLONE = {"x86_64": 56, "aarch64": 220, "armv7l": 120, "ppc64le": 120, "s390
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "armv7l": 218, "ppc64le": 203, "s390x": 217, "riscv64": 41}
 
 # sched.h / linux/sched.h
+CLONE_PARENT = 0x00008000
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000

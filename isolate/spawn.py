@@ -247,7 +247,8 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: i
         # write to every object it scans and copy those pages (megabytes for a long-lived
         # init).  Nothing here lives long enough to need one.
         gc.disable()
-        os.close(errr)
+        if errr >= 0:
+            os.close(errr)
         _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         # The parent may have died before prctl took effect; then nobody reads the pipe.
         poller = select.poll()

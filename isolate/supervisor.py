@@ -6,7 +6,7 @@ import _signal as signal  # not "signal": it imports enum, slow at start-up
 import os
 
 from . import spawn, state
-from .spec import Plan
+from .spec import AwaitCgroup, Plan
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -109,32 +109,51 @@ class Supervisor:
         return status, utime, stime, stats
 
     def prestart(self, plan: Plan) -> Spare:
-        """Build ``plan``'s sandbox, cgroup included, up to its exec; :meth:`start` runs it."""
+        """Build ``plan``'s sandbox, cgroup included, up to its exec; :meth:`start` runs it.
+
+        The zygote (zygote.py) clones it, as this process's child, while this process makes
+        its cgroup; it waits at its AwaitCgroup step for that, then at its exec for the run.
+        """
         import socket  # send_fds/recv_fds; loaded before the child needs it (see spawn._receive_run)
+
+        from . import zygote
 
         if plan.userns or plan.init or plan.layer_locks or plan.keep_dirs or not plan.cgroup_version:
             raise ValueError("this plan cannot be built ahead")
+        awaits = [step for step in plan.steps if isinstance(step, AwaitCgroup)]
+        if len(awaits) != 1:
+            raise ValueError("this plan has no AwaitCgroup step")
         lock = state.hold(plan.state_dir, plan.sandbox_id)
-        made: list[Cgroup | None] = []
+        group = None
+        fds: list[int] = []
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        plan.spare_fd = theirs.fileno()
-        null = -1
         try:
+            errr, errw = os.pipe2(os.O_CLOEXEC)
+            fds += [errr, errw]
+            gor, gow = os.pipe2(os.O_CLOEXEC)
+            fds += [gor, gow]
             spawn.prepare(plan)
-            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)  # the run's stdio come with go()
-            pid, errr = spawn.begin(plan, (null, null, null), lambda: made.append(_create_cgroup(plan)))
+            pid = zygote.clone(plan, [errw, gor, theirs.fileno()])
+            try:
+                group = _create_cgroup(plan)
+            except BaseException:
+                os.kill(pid, signal.SIGKILL)  # our child (CLONE_PARENT), not yet reaped
+                os.waitpid(pid, 0)
+                raise
             pidfd = os.pidfd_open(pid)
         except BaseException:
             ours.close()
-            if made and made[0] is not None:
-                made[0].remove()
+            for fd in fds:
+                os.close(fd)
+            if group is not None:
+                group.remove()
             state.release(plan.state_dir, plan.sandbox_id, lock)
             raise
         finally:
             theirs.close()
-            if null >= 0:
-                os.close(null)
-        return Spare(plan, pid, pidfd, errr, ours, made[0], lock)
+        for fd in (errw, gor, gow):  # gow's end-of-file lets it past AwaitCgroup
+            os.close(fd)
+        return Spare(plan, pid, pidfd, errr, ours, group, lock)
 
     def kill_all(self) -> None:
         """End and reap every sandbox still running (the caller went away)."""
@@ -161,6 +180,7 @@ class Spare:
         self.plan = plan
         self.pid = pid
         self.pidfd = pidfd  # to kill it safely even once someone else reaped it
+        self.owner = os.getpid()  # a fork of the caller inherits this object, not the sandbox
         self.errr = errr
         self.sock = sock
         self.group = group
@@ -168,6 +188,8 @@ class Spare:
 
     def alive(self) -> bool:
         """Still waiting: not killed, and no step failed (then it exited)."""
+        if self.owner != os.getpid():
+            return False
         try:
             done, _ = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:  # reaped by someone else's wait()
@@ -191,6 +213,13 @@ class Spare:
 
     def discard(self) -> None:
         """End it and remove its cgroup and lock (also after a failed :meth:`go`)."""
+        if self.owner != os.getpid():  # inherited by a fork of the caller: only our copies go
+            self.pid = 0
+            self.group = None
+            for fd in (self.pidfd, self.errr, self.lock):
+                if fd >= 0:
+                    os.close(fd)
+            self.pidfd = self.errr = self.lock = -1
         if self.pidfd >= 0:
             try:
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)

@@ -39,11 +39,12 @@ def open_fds() -> set[int]:
 
 
 def helper_sockets() -> set[int]:
-    """The sockets of idle spawn helpers: kept open on purpose for the next run."""
-    from isolate import helper
+    """The sockets of idle spawn helpers and of the zygote: kept open on purpose for the next run."""
+    from isolate import helper, zygote
 
     pool = helper._the_pool
-    return {h.sock.fileno() for h in pool._idle} if pool is not None else set()
+    found = {h.sock.fileno() for h in pool._idle} if pool is not None else set()
+    return found | ({zygote.socket_fd()} - {-1})
 
 
 # Made on first use and kept, like /run/runc: the tmpfs mount point and the lock directory.
@@ -95,6 +96,9 @@ def sandbox_children() -> list[int]:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 if b"isolate.helper" in f.read():
                     continue
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                if f.read().strip() == b"isolate-zygote":
+                    continue  # forked once, kept to clone sandboxes built ahead (isolate/zygote.py)
             pids.append(int(entry))
         except OSError:
             pass

@@ -105,6 +105,13 @@ def test_the_spare_holds_none_of_the_callers_descriptors(busybox_root: Path) -> 
         held = {os.readlink(f"{fd_dir}/{fd}") for fd in os.listdir(fd_dir)}
         assert os.readlink(f"/proc/self/fd/{r}") not in held
         assert len(held) <= 6, held  # /dev/null as stdio, its error pipe, its socket, its cgroup pipe
+        # The zygote that cloned it (a fork of this process) keeps only its socket and /dev/null.
+        from isolate import zygote
+
+        assert zygote._zygote is not None
+        zfds = f"/proc/{zygote._zygote.pid}/fd"
+        assert sorted(os.readlink(f"{zfds}/{fd}").split(":")[0] for fd in os.listdir(zfds)) == [
+            "/dev/null", "/dev/null", "/dev/null", "socket"]  # fmt: skip
     finally:
         os.close(r)
         if w >= 0:
@@ -165,3 +172,22 @@ def test_prestart_off_and_where_it_does_not_apply(busybox_root: Path, tmp_path: 
             assert box.run(["true"]).exit_code == 0
         assert box._spares == []
         assert sandbox_children() == []
+
+
+def test_a_fork_of_the_caller_leaves_the_spare_alone(busybox_root: Path) -> None:
+    with Sandbox(busybox_root, spawn="direct") as box:
+        box.run(["true"])
+        box.run(["true"])
+        spare = spare_of(box)
+        pid = os.fork()
+        if pid == 0:  # a copy of the caller: it inherited the Sandbox, but not the spare's process
+            try:
+                ok = box.run(["echo", "child"], capture=True).stdout == b"child\n"
+                box.close()
+                os._exit(0 if ok else 1)
+            finally:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert spare.alive()  # type: ignore[attr-defined]
+        assert box.run(["echo", "parent"], capture=True).stdout == b"parent\n"
