@@ -160,10 +160,10 @@ class Sandbox:
         self.spawn = spawn
         self.config.validate()
         self._runs = 0
-        self._spares: list[Any] = []  # at most one spawn.Spare: the next run, built ahead
+        self._spares: list[Any] = []  # supervisor.Spare: the next run, built ahead (one, unless threads race)
         self._spare_config = ""
         self._no_spare = not prestart
-        self._runs_finalizer = False
+        self._finalizer_set = False
 
     def close(self) -> None:
         """End the sandbox kept built for the next run, if any (a collected Sandbox does it too)."""
@@ -219,7 +219,7 @@ class Sandbox:
             plan = self.plan(argv)
         self._runs += 1
         # From the second run on, a Sandbox run in a loop builds the next root while the
-        # command runs (spawn.Spare): sequential runs overlap their setup.
+        # command runs (supervisor.Spare): sequential runs overlap their setup.
         refill = self._runs >= 2 and not self._no_spare and not tty and self._spare_possible()
         return self._run_plan(plan, capture, input, stdin, stdout, stderr, timeout, forward_signals, tty,
                               spare, (lambda: self._prestart(argv)) if refill else None)  # fmt: skip
@@ -241,7 +241,7 @@ class Sandbox:
         return spare
 
     def _prestart(self, argv: Sequence[str]) -> None:
-        """Build the next run's sandbox up to its cgroup while this run's command runs."""
+        """Build the next run's sandbox, up to its exec, while this run's command runs."""
         if self._spares:
             return
         from .errors import IsolateError
@@ -254,11 +254,11 @@ class Sandbox:
             return
         except (OSError, IsolateError):
             return  # the next run starts as this one did, and says what fails
-        if not self._runs_finalizer:
+        if not self._finalizer_set:
             import weakref
 
             weakref.finalize(self, _discard, self._spares)
-            self._runs_finalizer = True
+            self._finalizer_set = True
         self._spare_config = repr(self.config.__dict__)
         self._spares.append(spare)
 
@@ -442,7 +442,7 @@ class _Run:
                  refill: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.plan = plan
         self.engine, self.helper = engine
-        self.spare = spare  # spawn.Spare: this plan, built ahead
+        self.spare = spare  # supervisor.Spare: this plan, built ahead
         self.refill = refill  # builds the next run's spare once this one's command started
         self.pidfd = -1
         self.pid = 0

@@ -241,6 +241,7 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: i
             os.close(gow)  # or the end-of-file the child waits for never comes
         if plan.userns:
             os.read(gor, 1)  # returns at end-of-file, once the parent wrote the id maps
+            os.close(gor)  # (a plan with a user namespace has no AwaitCgroup step to use it)
             os.setresgid(0, 0, 0)  # become the namespace's root, which the maps just defined
             os.setresuid(0, 0, 0)
         # The child shares the parent's memory copy-on-write; a garbage collection would

@@ -565,7 +565,7 @@ class Plan:
         self.userns = userns  # (inside, outside, count) id map lines of a user namespace
         self.parent_joins = parent_joins or []  # cgroup files the parent writes the child's pid to
         self.trace_fd = trace_fd  # each step executed is written here as shell (ISOLATE_TRACE)
-        self.spare_fd = -1  # a spare's socket: the run's command and stdio come from it (spawn.Spare)
+        self.spare_fd = -1  # a spare's socket: the run's command and stdio come from it (supervisor.Spare)
 
     def shell(self) -> list[str]:
         """The steps as shell commands, in order, for ``--explain``."""
