@@ -98,6 +98,15 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), "prctl")
 
 
+_libc.setrlimit.argtypes = [ctypes.c_int, ctypes.c_void_p]
+
+
+def setrlimit(resource: int, soft: int, hard: int) -> None:
+    """setrlimit(2); -1 (resource.RLIM_INFINITY) is RLIM_INFINITY, all ones in an rlim_t."""
+    limits = (ctypes.c_ulong * 2)(soft & 0xFFFFFFFFFFFFFFFF, hard & 0xFFFFFFFFFFFFFFFF)
+    _check(_libc.setrlimit(resource, limits), "setrlimit")
+
+
 def pivot_root(new_root: str, put_old: str) -> None:
     nr = _SYS_PIVOT_ROOT[_MACHINE]
     _check(_libc.syscall(ctypes.c_long(nr), _b(new_root), _b(put_old)), "pivot_root", new_root)

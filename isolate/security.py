@@ -109,18 +109,21 @@ class DropCapabilities(Step):
 
 
 class SetRlimit(Step):
-    __slots__ = ("resource", "soft", "hard")
+    __slots__ = ("resource", "soft", "hard", "number")
     what = "setrlimit"
 
     def __init__(self, resource: str, soft: int, hard: int) -> None:
+        import resource as r
+
         self.resource = resource
         self.soft = soft
         self.hard = hard
+        self.number = getattr(r, RLIMITS[resource])
 
     def apply(self, root: str) -> None:
-        import resource  # imported by the parent (see ulimit_steps): nothing is imported after pivot
-
-        resource.setrlimit(getattr(resource, RLIMITS[self.resource]), (self.soft, self.hard))
+        # Through ctypes, not the resource module: after pivot_root nothing can be imported,
+        # and the process that clones (the spawn helper, the monitor) may never have loaded it.
+        _libc.setrlimit(self.number, self.soft, self.hard)
 
     def shell(self, root: str) -> str:
         return f"prlimit --pid $$ --{self.resource}={self.soft}:{self.hard}"
@@ -146,9 +149,11 @@ class SetOomScoreAdj(Step):
 
 def ulimit_steps(items: list[str]) -> list[Step]:
     """``--ulimit NAME=SOFT[:HARD]`` (docker's syntax; -1 or unlimited for no limit)."""
-    import resource  # loaded now, so the child's setrlimit needs no import after pivot_root
-
     steps: list[Step] = []
+    if not items:
+        return steps  # and no import of resource on every run
+    import resource
+
     for item in items:
         name, _, value = item.partition("=")
         if name not in RLIMITS or not value:
