@@ -80,7 +80,10 @@ def serve(state_dir: str) -> None:
     listener.bind(path)
     os.chmod(path, 0o600)
     listener.listen(64)
-    supervisor = Supervisor()
+    from . import zygote
+
+    zygote.start()  # forked now, while this process is small; it clones every sandbox
+    supervisor = Supervisor(zygote=True)
     import gc
 
     # Every sandbox is forked from here and may keep a Python init for days: keep the

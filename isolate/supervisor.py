@@ -22,7 +22,10 @@ Finished = tuple[int, float, float, "dict[str, float | int | None] | None"]
 class Supervisor:
     """Starts sandboxes as its own children, reaps them and removes what they left on the host."""
 
-    def __init__(self) -> None:
+    def __init__(self, zygote: bool = False) -> None:
+        # zygote: clone sandboxes from the zygote (zygote.py), so that this process, which
+        # may hold many sandboxes' state (the monitor), is never forked itself.
+        self.zygote = zygote
         self._running: dict[int, tuple[Plan, int, Cgroup | None, int, list[int]]] = {}
 
     def start(
@@ -65,7 +68,10 @@ class Supervisor:
 
             spawn.prepare(plan)
             try:
-                pid = spawn.launch(plan, stdio, meanwhile)
+                if self.zygote and meanwhile is not None:
+                    pid = _launch_from_zygote(plan, stdio, meanwhile)
+                else:
+                    pid = spawn.launch(plan, stdio, meanwhile)
                 if made:
                     group = made[0]
             except BaseException:
@@ -133,7 +139,7 @@ class Supervisor:
             gor, gow = os.pipe2(os.O_CLOEXEC)
             fds += [gor, gow]
             spawn.prepare(plan)
-            pid = zygote.clone(plan, [errw, gor, theirs.fileno()])
+            pid = zygote.clone(plan, [errw, gor, theirs.fileno()], spare=True)
             try:
                 group = _create_cgroup(plan)
             except BaseException:
@@ -163,6 +169,33 @@ class Supervisor:
             except ProcessLookupError:
                 pass
             self.finish(pid)
+
+
+def _launch_from_zygote(plan: Plan, stdio: tuple[int, int, int], meanwhile: Callable[[], None]) -> int:
+    """As spawn.launch, the clone done by the zygote (CLONE_PARENT: the child is still ours)."""
+    from . import zygote
+
+    errr, errw = os.pipe2(os.O_CLOEXEC)
+    gor, gow = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = zygote.clone(plan, [errw, gor, *stdio], spare=False)
+    except BaseException:
+        for fd in (errr, gow):
+            os.close(fd)
+        raise
+    finally:
+        os.close(errw)
+        os.close(gor)
+    try:
+        meanwhile()  # the child waits at its AwaitCgroup step meanwhile
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # our child, not yet reaped: its pid is still its own
+        os.waitpid(pid, 0)
+        os.close(errr)
+        raise
+    finally:
+        os.close(gow)
+    return spawn.await_exec(pid, errr)
 
 
 class Spare:

@@ -56,9 +56,11 @@ class Zygote:
         self.pid = pid
         self.owner = parent
 
-    def clone(self, plan: Plan, fds: list[int]) -> int:
-        """Clone ``plan``'s child (its error pipe, cgroup pipe and spare socket: ``fds``); its pid."""
-        socket.send_fds(self.sock, [pickle.dumps(plan, pickle.HIGHEST_PROTOCOL)], fds)
+    def clone(self, plan: Plan, fds: list[int], spare: bool) -> int:
+        """Clone ``plan``'s child; its pid.  ``fds``: its error pipe, its cgroup pipe, then its
+        spare socket (``spare``: it waits at its exec for the run) or its stdin, stdout, stderr."""
+        message = (b"S" if spare else b"R") + pickle.dumps(plan, pickle.HIGHEST_PROTOCOL)
+        socket.send_fds(self.sock, [message], fds)
         reply = self.sock.recv(64)
         if not reply:
             raise BrokenPipeError(errno.EPIPE, "the zygote process is gone")
@@ -76,23 +78,35 @@ class Zygote:
             pass
 
 
-def clone(plan: Plan, fds: list[int]) -> int:
+def start() -> None:
+    """Fork the zygote now, while this process is small (the monitor does, before any sandbox)."""
+    with _lock:
+        _ensure()
+
+
+def _ensure() -> Zygote:
+    global _zygote
+    if _zygote is not None and _zygote.owner != os.getpid():
+        _zygote = None  # inherited by a fork of the caller: that zygote is not this process's child
+    if _zygote is None:
+        _zygote = Zygote()
+        import atexit
+
+        # Reap it at exit: an orphan's zombie waits for PID 1, which need not reap.
+        atexit.register(_shutdown, _zygote)
+    return _zygote
+
+
+def clone(plan: Plan, fds: list[int], spare: bool = True) -> int:
     """Clone ``plan``'s sandbox from the zygote (started on first use, again if it died)."""
     global _zygote
     with _lock:
-        if _zygote is not None and _zygote.owner != os.getpid():
-            _zygote = None  # inherited by a fork of the caller: that zygote is not this process's child
         for attempt in (1, 2):
-            if _zygote is None:
-                _zygote = Zygote()
-                import atexit
-
-                # Reap it at exit: an orphan's zombie waits for PID 1, which need not reap.
-                atexit.register(_shutdown, _zygote)
+            zygote = _ensure()
             try:
-                return _zygote.clone(plan, fds)
+                return zygote.clone(plan, fds, spare)
             except (BrokenPipeError, ConnectionResetError):
-                _zygote.close()
+                zygote.close()
                 _zygote = None
                 if attempt == 2:
                     raise
@@ -131,22 +145,27 @@ def _serve(fd: int, parent: int) -> None:
     sock = socket.socket(fileno=fd)
     while True:
         try:
-            message, fds, _, _ = socket.recv_fds(sock, _MAX_PLAN, 3)
+            message, fds, _, _ = socket.recv_fds(sock, _MAX_PLAN, 5)
         except OSError:
             return
         if not message:
             return  # the caller closed its end
         try:
-            plan = pickle.loads(message)
-            errw, gor, spare = fds
+            spare = message[:1] == b"S"
+            plan = pickle.loads(message[1:])
+            errw, gor, *rest = fds
             for step in plan.steps:
                 if isinstance(step, AwaitCgroup):
                     step.fd = gor
-            plan.spare_fd = spare
+            if spare:
+                plan.spare_fd = rest[0]
+                stdio = (0, 1, 2)  # /dev/null until the run hands over its own
+            else:
+                stdio = (rest[0], rest[1], rest[2])
             pid = _libc.clone_fork(plan.clone_flags | _libc.CLONE_PARENT)
             if pid == 0:
-                _libc.prctl_set_name(b"isolate-spare")  # not the zygote's name, in ps
-                _child(plan, (0, 1, 2), errw, -1, gor, -1)  # never returns
+                _libc.prctl_set_name(b"isolate-spare" if spare else b"isolate-child")  # not the zygote's, in ps
+                _child(plan, stdio, errw, -1, gor, -1)  # never returns
             reply = b"pid %d" % pid
         except OSError as exc:
             reply = b"err %d" % (exc.errno or errno.EIO)

@@ -130,12 +130,61 @@ def test_fifty_parallel_starts(busybox_root: Path) -> None:
     assert len(set(ids)) == 50 and set(ids) <= listed
 
 
+def the_monitor() -> int:
+    # The oldest: its zygote is a fork of it, with the same command line.
+    found = subprocess.run(["pgrep", "-o", "-f", "from isolate.monitor import serve"], capture_output=True, text=True)
+    return int(found.stdout.split()[0])
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """pid -> comm of the live (not zombie) children of ``pid``."""
+    found = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                comm, rest = f.read().rsplit(")", 1)
+            state, ppid = rest.split()[:2]
+            if int(ppid) == pid and state != "Z":
+                found[int(entry)] = comm.split("(", 1)[1]
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def test_the_monitor_clones_sandboxes_through_its_zygote(busybox_root: Path) -> None:
+    first = start(busybox_root, "sleep", "100")
+    second = start(busybox_root, "sleep", "100")
+    monitor = the_monitor()
+    kids = children_of(monitor)
+    # The zygote, forked while the monitor was small, clones each sandbox with CLONE_PARENT:
+    # the monitor is their parent, reaps them and reads their status, and never forks itself.
+    assert sorted(kids.values()) == ["isolate-init", "isolate-init", "isolate-zygote"]
+    pids = {r["id"]: r["pid"] for r in json.loads(cli("ps", "--json").stdout)}
+    assert {pids[first], pids[second]} <= set(kids)
+    zygote = next(p for p, comm in kids.items() if comm == "isolate-zygote")
+    # It keeps none of the monitor's descriptors: its socket and /dev/null only.
+    held = sorted(os.readlink(f"/proc/{zygote}/fd/{fd}").split(":")[0] for fd in os.listdir(f"/proc/{zygote}/fd"))
+    assert held == ["/dev/null", "/dev/null", "/dev/null", "socket"]
+    assert cli("rm", "-f", first, second).returncode == 0
+    # Idle, the monitor exits and reaps its zygote on the way out.
+    wait_for(lambda: gone(monitor) and gone(zygote))
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie (the exited monitor's parent is PID 1, whose reaping
+    is not this test's business)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def test_killed_monitor_leaves_state_that_gc_removes(busybox_root: Path, marker: str) -> None:
     cgroups_before, state_before = sandbox_cgroups(), state_entries()
     for _ in range(3):
         start(busybox_root, "sh", "-c", "sleep 100; true", marker)
-    monitor = int(subprocess.run(["pgrep", "-f", "from isolate.monitor import serve"], capture_output=True,
-                                 text=True).stdout.split()[0])  # fmt: skip
+    monitor = the_monitor()
     os.kill(monitor, signal.SIGKILL)  # the supervisor of every detached sandbox dies
     wait_for(lambda: processes_matching(marker) == [])  # PR_SET_PDEATHSIG ended them
     rows = json.loads(cli("ps", "-a", "--json").stdout)
