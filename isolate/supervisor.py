@@ -69,7 +69,7 @@ class Supervisor:
             spawn.prepare(plan)
             try:
                 if self.zygote and meanwhile is not None:
-                    pid = _launch_from_zygote(plan, stdio, meanwhile)
+                    pid = spawn.await_exec(*_begin_from_zygote(plan, list(stdio), False, meanwhile))
                 else:
                     pid = spawn.launch(plan, stdio, meanwhile)
                 if made:
@@ -122,43 +122,33 @@ class Supervisor:
         """
         import socket  # send_fds/recv_fds; loaded before the child needs it (see spawn._receive_run)
 
-        from . import zygote
-
         if plan.userns or plan.init or plan.layer_locks or plan.keep_dirs or not plan.cgroup_version:
             raise ValueError("this plan cannot be built ahead")
         awaits = [step for step in plan.steps if isinstance(step, AwaitCgroup)]
         if len(awaits) != 1:
             raise ValueError("this plan has no AwaitCgroup step")
         lock = state.hold(plan.state_dir, plan.sandbox_id)
-        group = None
-        fds: list[int] = []
+        made: list[Cgroup | None] = []
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            errr, errw = os.pipe2(os.O_CLOEXEC)
-            fds += [errr, errw]
-            gor, gow = os.pipe2(os.O_CLOEXEC)
-            fds += [gor, gow]
             spawn.prepare(plan)
-            pid = zygote.clone(plan, [errw, gor, theirs.fileno()], spare=True)
+            pid, errr = _begin_from_zygote(plan, [theirs.fileno()], True, lambda: made.append(_create_cgroup(plan)))
+            group = made[0]
             try:
-                group = _create_cgroup(plan)
+                pidfd = os.pidfd_open(pid)
             except BaseException:
-                os.kill(pid, signal.SIGKILL)  # our child (CLONE_PARENT), not yet reaped
+                os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
+                os.close(errr)
                 raise
-            pidfd = os.pidfd_open(pid)
         except BaseException:
             ours.close()
-            for fd in fds:
-                os.close(fd)
-            if group is not None:
-                group.remove()
+            if made and made[0] is not None:
+                made[0].remove()
             state.release(plan.state_dir, plan.sandbox_id, lock)
             raise
         finally:
             theirs.close()
-        for fd in (errw, gor, gow):  # gow's end-of-file lets it past AwaitCgroup
-            os.close(fd)
         return Spare(plan, pid, pidfd, errr, ours, group, lock)
 
     def kill_all(self) -> None:
@@ -171,14 +161,18 @@ class Supervisor:
             self.finish(pid)
 
 
-def _launch_from_zygote(plan: Plan, stdio: tuple[int, int, int], meanwhile: Callable[[], None]) -> int:
-    """As spawn.launch, the clone done by the zygote (CLONE_PARENT: the child is still ours)."""
+def _begin_from_zygote(plan: Plan, fds: list[int], spare: bool, meanwhile: Callable[[], None]) -> tuple[int, int]:
+    """As spawn.begin, the clone done by the zygote (CLONE_PARENT: the child is still ours).
+
+    ``fds`` go to the child after its error and cgroup pipes (zygote.Zygote.clone); returns its
+    pid and the read end of its error pipe, once ``meanwhile`` let it past AwaitCgroup.
+    """
     from . import zygote
 
     errr, errw = os.pipe2(os.O_CLOEXEC)
     gor, gow = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = zygote.clone(plan, [errw, gor, *stdio], spare=False)
+        pid = zygote.clone(plan, [errw, gor, *fds], spare)
     except BaseException:
         for fd in (errr, gow):
             os.close(fd)
@@ -194,8 +188,8 @@ def _launch_from_zygote(plan: Plan, stdio: tuple[int, int, int], meanwhile: Call
         os.close(errr)
         raise
     finally:
-        os.close(gow)
-    return spawn.await_exec(pid, errr)
+        os.close(gow)  # end-of-file: past AwaitCgroup
+    return pid, errr
 
 
 class Spare:

@@ -191,3 +191,36 @@ def test_a_fork_of_the_caller_leaves_the_spare_alone(busybox_root: Path) -> None
         assert os.waitstatus_to_exitcode(status) == 0
         assert spare.alive()  # type: ignore[attr-defined]
         assert box.run(["echo", "parent"], capture=True).stdout == b"parent\n"
+
+
+def test_a_spare_whose_cgroup_fails_leaves_nothing(busybox_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from isolate import supervisor
+    from isolate.errors import HostSupportError
+
+    real, calls = supervisor._create_cgroup, []
+
+    def second_fails(plan: object) -> object:
+        calls.append(plan)
+        if len(calls) == 2:  # the first is the run's own cgroup, the second the spare's
+            raise HostSupportError("injected: the spare's cgroup cannot be made")
+        return real(plan)  # type: ignore[arg-type]
+
+    fds, state = open_fds(), state_entries()
+    with Sandbox(busybox_root, spawn="direct") as box:
+        box.run(["true"])
+        monkeypatch.setattr(supervisor, "_create_cgroup", second_fails)
+        assert box.run(["echo", "ran"], capture=True).stdout == b"ran\n"  # the run itself is unharmed
+        assert len(calls) == 2 and box._spares == []
+        # The spare was cloned before its cgroup failed: it was killed and reaped, its lock and
+        # pipes closed, and nothing of it is left.
+        assert sandbox_children() == [] and sandbox_cgroups() == []
+        assert state_entries() == state and open_fds() - fds <= {zygote_fd()}
+        monkeypatch.setattr(supervisor, "_create_cgroup", real)
+        box.run(["true"])
+        assert len(box._spares) == 1  # the next run prestarts again
+
+
+def zygote_fd() -> int:
+    from isolate import zygote
+
+    return zygote.socket_fd()
