@@ -55,13 +55,23 @@ class Zygote:
         self.sock = ours
         self.pid = pid
         self.owner = parent
+        self.broken = False
+        self.sent = False  # a request is out and its reply not read
 
     def clone(self, plan: Plan, fds: list[int], spare: bool) -> int:
         """Clone ``plan``'s child; its pid.  ``fds``: its error pipe, its cgroup pipe, then its
         spare socket (``spare``: it waits at its exec for the run) or its stdin, stdout, stderr."""
         message = (b"S" if spare else b"R") + pickle.dumps(plan, pickle.HIGHEST_PROTOCOL)
-        socket.send_fds(self.sock, [message], fds)
-        reply = self.sock.recv(64)
+        try:
+            socket.send_fds(self.sock, [message], fds)
+            self.sent = True
+            reply = self.sock.recv(64)
+            self.sent = False
+        except BaseException:
+            # Interrupted between request and reply (a signal, a dead zygote): the reply
+            # still queued would answer the next request.  This zygote is done (abandon).
+            self.broken = True
+            raise
         if not reply:
             raise BrokenPipeError(errno.EPIPE, "the zygote process is gone")
         kind, _, value = reply.partition(b" ")
@@ -69,6 +79,22 @@ class Zygote:
             code = int(value)
             raise OSError(code, f"clone: {os.strerror(code)}")
         return int(value)
+
+    def abandon(self) -> None:
+        """After an interrupted request: end the sandbox it may have cloned, then the zygote."""
+        reply = b""
+        if self.sent:
+            try:
+                self.sock.settimeout(2.0)  # it answers within a clone's time
+                reply = self.sock.recv(64)
+            except OSError:
+                pass
+        kind, _, value = reply.partition(b" ")
+        if kind == b"pid":
+            pid = int(value)
+            os.kill(pid, signal.SIGKILL)  # our child (CLONE_PARENT), never reaped: its pid is its own
+            os.waitpid(pid, 0)
+        self.close()
 
     def close(self) -> None:
         self.sock.close()
@@ -110,6 +136,11 @@ def clone(plan: Plan, fds: list[int], spare: bool = True) -> int:
                 _zygote = None
                 if attempt == 2:
                     raise
+            except BaseException:
+                if zygote.broken:  # out of step with its socket: start a new one next time
+                    _zygote = None
+                    zygote.abandon()
+                raise
     raise AssertionError("unreachable")
 
 

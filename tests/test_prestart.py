@@ -224,3 +224,42 @@ def zygote_fd() -> int:
     from isolate import zygote
 
     return zygote.socket_fd()
+
+
+class _InterruptedSocket:
+    """The zygote's socket, whose next reply is interrupted (as a Ctrl-C would) once."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.interrupted = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+    def recv(self, size: int) -> bytes:
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        return self.real.recv(size)  # type: ignore[attr-defined,no-any-return]
+
+
+def test_an_interrupted_request_to_the_zygote_leaves_nothing(busybox_root: Path) -> None:
+    from isolate import zygote
+
+    fds, state = open_fds(), state_entries()
+    with Sandbox(busybox_root, spawn="direct") as box:
+        box.run(["true"])
+        box.run(["true"])
+        old = zygote._zygote
+        assert old is not None
+        old.sock = _InterruptedSocket(old.sock)  # type: ignore[assignment]
+        # The interruption reaches the caller; the sandbox the zygote cloned meanwhile is
+        # ended and reaped, and the zygote, out of step with its socket, is replaced.
+        with pytest.raises(KeyboardInterrupt):
+            box.run(["true"])
+        assert zygote._zygote is None and not os.path.exists(f"/proc/{old.pid}")
+        assert sandbox_children() == [] and sandbox_cgroups() == [] and state_entries() == state
+        assert open_fds() <= fds  # (the old zygote's socket is gone too)
+        assert box.run(["echo", "again"], capture=True).stdout == b"again\n"
+        box.run(["true"])
+        assert len(box._spares) == 1 and zygote._zygote is not None and zygote._zygote is not old
