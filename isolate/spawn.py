@@ -15,7 +15,6 @@ import select
 
 from . import _libc
 from .errors import CommandNotExecutableError, CommandNotFoundError, SetupError
-from .init import become_init
 from .spec import AwaitCgroup, JoinCgroup, Plan, UnshareCgroupNamespace
 
 TYPE_CHECKING = False
@@ -77,6 +76,8 @@ def launch(plan: Plan, stdio: tuple[int, int, int], meanwhile: Callable[[], None
 def begin(plan: Plan, stdio: tuple[int, int, int], meanwhile: Callable[[], None] | None = None) -> tuple[int, int]:
     """Clone the child and let it build its root: (pid, read end of its error pipe)."""
     awaits = [step for step in plan.steps if isinstance(step, AwaitCgroup)]
+    if plan.init:
+        from . import init  # noqa: F401  (the child cannot import: it may be past pivot_root soon)
     errr, errw = os.pipe2(os.O_CLOEXEC)
     gor, gow = os.pipe2(os.O_CLOEXEC) if plan.userns or awaits or meanwhile else (-1, -1)
     for step in awaits:
@@ -187,8 +188,7 @@ def _write_proc(pid: int, name: str, text: str) -> None:
 
 def reap(pid: int) -> tuple[int, float, float]:
     """Wait for the sandbox's first process: (wait status, user seconds, system seconds)."""
-    _, status, usage = os.wait4(pid, 0)
-    return status, usage.ru_utime, usage.ru_stime
+    return _libc.wait4(pid)
 
 
 def deliver(pidfd: int, pid: int, sig: int, ns_init: bool) -> bool:
@@ -268,6 +268,8 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: i
                     os.write(plan.trace_fd, (step.shell(plan.root) + "\n").encode())
                 first += 1
             step = None
+            from .init import become_init  # loaded by begin(): here it is only looked up
+
             worker = os.fork()
             if worker != 0:
                 become_init(worker, errw)

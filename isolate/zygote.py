@@ -193,6 +193,8 @@ def _serve(fd: int, parent: int) -> None:
                 stdio = (0, 1, 2)  # /dev/null until the run hands over its own
             else:
                 stdio = (rest[0], rest[1], rest[2])
+            if plan.init:
+                from . import init  # noqa: F401  (loaded once here, not in every child)
             pid = _libc.clone_fork(plan.clone_flags | _libc.CLONE_PARENT)
             if pid == 0:
                 _libc.prctl_set_name(b"isolate-spare" if spare else b"isolate-child")  # not the zygote's, in ps
