@@ -172,23 +172,15 @@ def _begin_from_zygote(plan: Plan, fds: list[int], spare: bool, meanwhile: Calla
     errr, errw = os.pipe2(os.O_CLOEXEC)
     gor, gow = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = zygote.clone(plan, [errw, gor, *fds], spare)
+        # The child waits at its AwaitCgroup step for ``meanwhile``, which runs while the
+        # zygote clones it.
+        pid = zygote.clone(plan, [errw, gor, *fds], spare, meanwhile)
     except BaseException:
-        for fd in (errr, gow):
-            os.close(fd)
-        raise
-    finally:
-        os.close(errw)
-        os.close(gor)
-    try:
-        meanwhile()  # the child waits at its AwaitCgroup step meanwhile
-    except BaseException:
-        os.kill(pid, signal.SIGKILL)  # our child, not yet reaped: its pid is still its own
-        os.waitpid(pid, 0)
         os.close(errr)
         raise
     finally:
-        os.close(gow)  # end-of-file: past AwaitCgroup
+        for fd in (errw, gor, gow):
+            os.close(fd)  # gow: end-of-file, past AwaitCgroup
     return pid, errr
 
 

@@ -26,6 +26,8 @@ from . import _libc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .spec import Plan
 
 NAME = b"isolate-zygote"  # its comm, as ps shows it
@@ -58,13 +60,23 @@ class Zygote:
         self.broken = False
         self.sent = False  # a request is out and its reply not read
 
-    def clone(self, plan: Plan, fds: list[int], spare: bool) -> int:
+    def clone(self, plan: Plan, fds: list[int], spare: bool, meanwhile: Callable[[], None] | None = None) -> int:
         """Clone ``plan``'s child; its pid.  ``fds``: its error pipe, its cgroup pipe, then its
-        spare socket (``spare``: it waits at its exec for the run) or its stdin, stdout, stderr."""
+        spare socket (``spare``: it waits at its exec for the run) or its stdin, stdout, stderr.
+
+        ``meanwhile`` runs here while the zygote clones (the caller's cgroup work overlaps the
+        clone's ~1 ms); when it raises, the child is killed and reaped and the error raised.
+        """
         message = (b"S" if spare else b"R") + pickle.dumps(plan, pickle.HIGHEST_PROTOCOL)
+        failure: BaseException | None = None
         try:
             socket.send_fds(self.sock, [message], fds)
             self.sent = True
+            if meanwhile is not None:
+                try:
+                    meanwhile()
+                except BaseException as exc:  # noqa: BLE001 - re-raised once the child is gone
+                    failure = exc
             reply = self.sock.recv(64)
             self.sent = False
         except BaseException:
@@ -77,7 +89,11 @@ class Zygote:
         kind, _, value = reply.partition(b" ")
         if kind != b"pid":
             code = int(value)
-            raise OSError(code, f"clone: {os.strerror(code)}")
+            raise failure or OSError(code, f"clone: {os.strerror(code)}")
+        if failure is not None:
+            os.kill(int(value), signal.SIGKILL)  # our child (CLONE_PARENT), never reaped: its pid is its own
+            os.waitpid(int(value), 0)
+            raise failure
         return int(value)
 
     def abandon(self) -> None:
@@ -123,14 +139,23 @@ def _ensure() -> Zygote:
     return _zygote
 
 
-def clone(plan: Plan, fds: list[int], spare: bool = True) -> int:
-    """Clone ``plan``'s sandbox from the zygote (started on first use, again if it died)."""
+def clone(plan: Plan, fds: list[int], spare: bool = True, meanwhile: Callable[[], None] | None = None) -> int:
+    """Clone ``plan``'s sandbox from the zygote (started on first use, again if it died);
+    ``meanwhile`` runs once, while it clones (see Zygote.clone)."""
     global _zygote
+    done = False
+
+    def once() -> None:  # a retry with a fresh zygote must not make the cgroup twice
+        nonlocal done
+        if meanwhile is not None and not done:
+            done = True
+            meanwhile()
+
     with _lock:
         for attempt in (1, 2):
             zygote = _ensure()
             try:
-                return zygote.clone(plan, fds, spare)
+                return zygote.clone(plan, fds, spare, once)
             except (BrokenPipeError, ConnectionResetError):
                 zygote.close()
                 _zygote = None
