@@ -19,6 +19,7 @@ import pytest
 from conftest import cli, open_fds, processes_matching, sandbox_cgroups, sandbox_children, state_entries
 
 from isolate import CommandNotFoundError, Limits, Sandbox
+from isolate.spec import Plan
 
 
 def spare_of(box: Sandbox) -> object:
@@ -218,6 +219,37 @@ def test_a_spare_whose_cgroup_fails_leaves_nothing(busybox_root: Path, monkeypat
         monkeypatch.setattr(supervisor, "_create_cgroup", real)
         box.run(["true"])
         assert len(box._spares) == 1  # the next run prestarts again
+
+
+def test_a_failed_clone_after_the_spares_cgroup_was_made_leaves_nothing(
+    busybox_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from isolate import supervisor
+
+    real_prestart, real_create, made = supervisor.Supervisor.prestart, supervisor._create_cgroup, []
+
+    def unclonable(self: object, plan: Plan) -> object:
+        plan.clone_flags |= 0x00000800  # CLONE_SIGHAND without CLONE_VM: clone(2) fails, EINVAL
+        return real_prestart(self, plan)  # type: ignore[arg-type]
+
+    def counted(plan: Plan) -> object:
+        made.append(plan.sandbox_id)
+        return real_create(plan)
+
+    fds, state = open_fds(), state_entries()
+    with Sandbox(busybox_root, spawn="direct") as box:
+        box.run(["true"])
+        monkeypatch.setattr(supervisor.Supervisor, "prestart", unclonable)
+        monkeypatch.setattr(supervisor, "_create_cgroup", counted)
+        assert box.run(["echo", "ran"], capture=True).stdout == b"ran\n"  # the run itself is unharmed
+        # The caller made the spare's cgroup while the zygote tried to clone it; the clone
+        # failed, and the cgroup and lock went with the error.
+        assert len(made) == 2 and box._spares == []
+        assert sandbox_children() == [] and sandbox_cgroups() == []
+        assert state_entries() == state and open_fds() - fds <= {zygote_fd()}
+        monkeypatch.setattr(supervisor.Supervisor, "prestart", real_prestart)
+        box.run(["true"])
+        assert len(box._spares) == 1  # the zygote is still in step: the next run prestarts
 
 
 def zygote_fd() -> int:
