@@ -67,7 +67,9 @@ class Zygote:
         ``meanwhile`` runs here while the zygote clones (the caller's cgroup work overlaps the
         clone's ~1 ms); when it raises, the child is killed and reaped and the error raised.
         """
-        message = (b"S" if spare else b"R") + pickle.dumps(plan, pickle.HIGHEST_PROTOCOL)
+        # The header is all the zygote reads; the child unpickles the plan (see _serve).
+        header = (b"S" if spare else b"R") + plan.clone_flags.to_bytes(8, "little") + (b"1" if plan.init else b"0")
+        message = header + pickle.dumps(plan, pickle.HIGHEST_PROTOCOL)
         failure: BaseException | None = None
         try:
             socket.send_fds(self.sock, [message], fds)
@@ -183,8 +185,7 @@ def _serve(fd: int, parent: int) -> None:
     """The zygote's loop: clone each plan it receives as a child of its own parent."""
     import gc
 
-    from .spawn import _child
-    from .spec import AwaitCgroup
+    from . import spawn, spec  # noqa: F401  (loaded once here, not in every child: see _start)
 
     _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
@@ -208,22 +209,14 @@ def _serve(fd: int, parent: int) -> None:
             return  # the caller closed its end
         try:
             spare = message[:1] == b"S"
-            plan = pickle.loads(message[1:])
+            flags = int.from_bytes(message[1:9], "little")
             errw, gor, *rest = fds
-            for step in plan.steps:
-                if isinstance(step, AwaitCgroup):
-                    step.fd = gor
-            if spare:
-                plan.spare_fd = rest[0]
-                stdio = (0, 1, 2)  # /dev/null until the run hands over its own
-            else:
-                stdio = (rest[0], rest[1], rest[2])
-            if plan.init:
+            if message[9:10] == b"1":
                 from . import init  # noqa: F401  (loaded once here, not in every child)
-            pid = _libc.clone_fork(plan.clone_flags | _libc.CLONE_PARENT)
+            pid = _libc.clone_fork(flags | _libc.CLONE_PARENT)
             if pid == 0:
                 _libc.prctl_set_name(b"isolate-spare" if spare else b"isolate-child")  # not the zygote's, in ps
-                _child(plan, stdio, errw, -1, gor, -1)  # never returns
+                _start(message, spare, errw, gor, rest)  # never returns
             reply = b"pid %d" % pid
         except OSError as exc:
             reply = b"err %d" % (exc.errno or errno.EIO)
@@ -233,3 +226,29 @@ def _serve(fd: int, parent: int) -> None:
             for received in fds:
                 os.close(received)
         sock.send(reply)
+
+
+def _start(message: bytes, spare: bool, errw: int, gor: int, rest: list[int]) -> None:
+    """The cloned child: unpickle its plan, then build the sandbox (spawn._child).
+
+    The plan is unpickled here, not in the zygote: the objects it makes would be written
+    into pages the zygote shares with the spares still alive, so each run the zygote would
+    copy them (about 140 page faults), and the child again when it reads the plan.
+    """
+    from .spawn import _child, _report
+    from .spec import AwaitCgroup
+
+    try:
+        plan = pickle.loads(memoryview(message)[10:])
+        for step in plan.steps:
+            if isinstance(step, AwaitCgroup):
+                step.fd = gor
+        if spare:
+            plan.spare_fd = rest[0]
+            stdio = (0, 1, 2)  # /dev/null until the run hands over its own
+        else:
+            stdio = (rest[0], rest[1], rest[2])
+    except BaseException as exc:  # noqa: BLE001 - everything must reach the caller
+        _report(errw, "starting the sandbox", exc)
+        os._exit(125)
+    _child(plan, stdio, errw, -1, gor, -1)  # never returns

@@ -252,6 +252,48 @@ def test_a_failed_clone_after_the_spares_cgroup_was_made_leaves_nothing(
         assert len(box._spares) == 1  # the zygote is still in step: the next run prestarts
 
 
+def _poisoned() -> object:
+    raise RuntimeError("a plan that cannot be loaded")
+
+
+class Poison:
+    """A step that pickles, but whose unpickling (in the cloned child) raises."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_poisoned, ())
+
+
+def test_a_spare_whose_plan_cannot_be_loaded_fails_alone(busybox_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from isolate import supervisor, zygote
+
+    real_prestart = supervisor.Supervisor.prestart
+
+    def poisoned(self: object, plan: Plan) -> object:
+        plan.steps.append(Poison())  # type: ignore[arg-type]
+        return real_prestart(self, plan)  # type: ignore[arg-type]
+
+    fds, state = open_fds(), state_entries()
+    with Sandbox(busybox_root, spawn="direct") as box:
+        box.run(["true"])
+        first = zygote._zygote
+        monkeypatch.setattr(supervisor.Supervisor, "prestart", poisoned)
+        box.run(["true"])  # its spare is cloned; the child, not the zygote, loads the plan and fails
+        assert len(box._spares) == 1
+        spare = box._spares[0]
+        deadline = time.monotonic() + 10
+        while spare.alive() and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.01)
+        assert not spare.alive()  # type: ignore[attr-defined]
+        # The next run sees the dead spare, discards it (cgroup and lock) and starts cold.
+        monkeypatch.setattr(supervisor.Supervisor, "prestart", real_prestart)
+        assert box.run(["echo", "ran"], capture=True).stdout == b"ran\n"
+        assert len(box._spares) == 1 and spare_of(box).alive()  # type: ignore[attr-defined]
+        assert box.run(["echo", "from the spare"], capture=True).stdout == b"from the spare\n"
+        assert zygote._zygote is first  # the zygote never saw the plan: still the same, in step
+    assert sandbox_children() == [] and sandbox_cgroups() == []
+    assert state_entries() == state and open_fds() - fds <= {zygote_fd()}
+
+
 def zygote_fd() -> int:
     from isolate import zygote
 
