@@ -267,3 +267,17 @@ def test_malformed_manifest_is_one_clear_error(store: ImageStore, tmp_path: Path
     proc = cli("image", "--root", store.root, "import", str(tmp_path / "oci"))
     assert proc.returncode == 125 and proc.stderr.count(b"\n") == 1
     assert b"malformed oci-dir (KeyError: 'digest')" in proc.stderr
+
+
+@pytest.mark.parametrize("bad", ["../../../../etc/passwd", "A" * 64, "0" * 63 + "g", "0" * 65])
+def test_a_digest_that_is_not_sha256_hex_is_refused(store: ImageStore, tmp_path: Path, bad: str) -> None:
+    # Digests become paths in the layout and the store (blobs/sha256/HEX): anything but 64
+    # lowercase hex digits is refused before it is used as one.
+    make_layout(tmp_path / "oci", [{"a": "1\n"}])
+    index = json.loads((tmp_path / "oci" / "index.json").read_text())
+    index["manifests"][0]["digest"] = f"sha256:{bad}"
+    (tmp_path / "oci" / "index.json").write_text(json.dumps(index))
+    proc = cli("image", "--root", store.root, "import", str(tmp_path / "oci"))
+    assert proc.returncode == 125 and proc.stderr.count(b"\n") == 1
+    assert b"not a sha256 digest; the image is malformed" in proc.stderr
+    assert store.images() == []

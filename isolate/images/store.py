@@ -40,9 +40,12 @@ def default_root() -> str:
     return os.environ.get("ISOLATE_ROOT", DEFAULT_ROOT)
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 def hex_of(digest: str) -> str:
     algo, _, value = digest.partition(":")
-    if algo != "sha256" or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+    if algo != "sha256" or len(value) != 64 or not _HEX.issuperset(value):
         raise ImageError(f"{digest!r}: not a sha256 digest; the image is malformed")
     return value
 
