@@ -196,6 +196,15 @@ def _serve(fd: int, parent: int) -> None:
         os.dup2(null, target)
     os.closerange(3, fd)
     os.closerange(fd + 1, 0x7FFFFFFF)
+    # The caller's Python signal handlers are not the zygote's business (a CLI's would
+    # forward signals to sandboxes from here), and without any, it may clone without
+    # Python's fork hooks (see _libc.clone_fork): a forked process has a single thread.
+    for sig in range(1, signal.NSIG):
+        try:
+            if callable(signal.getsignal(sig)):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
     # Nothing it allocates lives long; a collection would only write to (and so copy) pages
     # it shares with the caller.
     gc.disable()
@@ -213,7 +222,7 @@ def _serve(fd: int, parent: int) -> None:
             errw, gor, *rest = fds
             if message[9:10] == b"1":
                 from . import init  # noqa: F401  (loaded once here, not in every child)
-            pid = _libc.clone_fork(flags | _libc.CLONE_PARENT)
+            pid = _libc.clone_fork(flags | _libc.CLONE_PARENT, fork_hooks=False)
             if pid == 0:
                 _libc.prctl_set_name(b"isolate-spare" if spare else b"isolate-child")  # not the zygote's, in ps
                 _start(message, spare, errw, gor, rest)  # never returns

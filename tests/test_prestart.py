@@ -120,6 +120,44 @@ def test_the_spare_holds_none_of_the_callers_descriptors(busybox_root: Path) -> 
         box.close()
 
 
+ZYGOTE_SIGNALS = """
+import os, signal, sys
+from isolate import Sandbox, zygote
+
+def caught(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+
+signal.signal(signal.SIGUSR1, lambda *_: os.write(1, b"handled in %d\\n" % os.getpid()))
+signal.signal(signal.SIGTERM, lambda *_: None)
+with Sandbox(sys.argv[1], spawn="direct") as box:
+    box.run(["true"])
+    box.run(["true"])
+    assert len(box._spares) == 1
+    print(caught(os.getpid()), caught(zygote._zygote.pid), flush=True)
+    os.kill(zygote._zygote.pid, signal.SIGUSR1)  # as a signal sent to the process group would
+    os.waitpid(zygote._zygote.pid, 0)
+    print(box.run(["grep", "-E", "Sig(Cgt|Ign)", "/proc/self/status"], capture=True).stdout.decode())
+"""
+
+
+def test_the_zygote_runs_none_of_the_callers_signal_handlers(busybox_root: Path) -> None:
+    # It clones without Python's fork hooks, which is sound only while it has no Python
+    # signal handler (_libc.clone_fork); a caller's handler (a CLI forwarding signals to
+    # its sandbox) has no business running there either.
+    proc = subprocess.run([sys.executable, "-c", ZYGOTE_SIGNALS, str(busybox_root)], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = proc.stdout.decode().splitlines()
+    caller, zygote = (int(n) for n in lines[0].split())
+    usr1, term = 1 << (signal.SIGUSR1 - 1), 1 << (signal.SIGTERM - 1)
+    assert caller & usr1 and caller & term  # the caller's handlers are installed...
+    assert zygote == 0  # ...and the zygote catches nothing: SIGUSR1 ended it, no handler ran
+    assert not any(line.startswith("handled") for line in lines)
+    # The run after it (its spare was the dead zygote's child, still this caller's) is sound:
+    # its command catches and ignores nothing (grep itself: busybox sh would ignore SIGQUIT).
+    assert "SigCgt:\t0000000000000000" in lines and "SigIgn:\t0000000000000000" in lines
+
+
 def test_a_collected_sandbox_takes_its_spare_along(busybox_root: Path) -> None:
     fds = open_fds()
     box = Sandbox(busybox_root, spawn="direct")
