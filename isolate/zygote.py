@@ -67,7 +67,7 @@ class Zygote:
         ``meanwhile`` runs here while the zygote clones (the caller's cgroup work overlaps the
         clone's ~1 ms); when it raises, the child is killed and reaped and the error raised.
         """
-        # The header is all the zygote reads; the child unpickles the plan (see _serve).
+        # The header is all the zygote reads; the child unpickles the plan (see _start).
         header = (b"S" if spare else b"R") + plan.clone_flags.to_bytes(8, "little") + (b"1" if plan.init else b"0")
         message = header + pickle.dumps(plan, pickle.HIGHEST_PROTOCOL)
         failure: BaseException | None = None
