@@ -164,6 +164,40 @@ def _seccomp_program(config: SandboxConfig) -> bytes | None:
         return f.read()
 
 
+class Template:
+    """A plan kept to make the plans of the next runs of one configuration (next_plan).
+
+    Building a plan costs about 0.15 ms here, sending it whole to the zygote a pickle, and
+    unpickling it in each freshly cloned child about 0.5 ms of page faults (its objects land
+    in memory shared with the zygote).  The zygote keeps its own copy of a template by
+    ``token`` instead, and a run sends only its identity (Plan.identity).
+    """
+
+    __slots__ = ("plan", "key", "made", "token")
+    _tokens = iter(range(1, 1 << 62))
+
+    def __init__(self, plan: Plan, key: str, made: float) -> None:
+        self.plan = plan
+        self.key = key  # the configuration it was built for (repr of its __dict__: Sandbox._prestart)
+        self.made = made  # time.monotonic() when built: an old template is built again
+        self.token = next(Template._tokens)  # unique in this process: what names it to the zygote
+
+
+def next_plan(template: Template, config: SandboxConfig, sandbox_id: str) -> Plan:
+    """build_plan(config, sandbox_id, ...) for the configuration ``template`` was built for,
+    made from the template instead (Plan.with_identity)."""
+    config.validate()
+    version, dirs = cgroup_dirs(config, sandbox_id)
+    files: list[str] = []
+    if version is not None:
+        from .cgroups.base import join_files
+
+        files = join_files(version, dirs)
+    plan = template.plan.with_identity((sandbox_id, dirs, files))
+    plan.template = template
+    return plan
+
+
 def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
     """The ordered steps that build this sandbox.  Validates ``config``; touches nothing."""
     config.validate()

@@ -10,7 +10,7 @@ from . import spawn
 from .config import SandboxConfig, Tmpfs, Volume, parse_user
 from .errors import ConfigError, NotRootError
 from .limits import Limits
-from .planner import build_plan
+from .planner import Template, build_plan, next_plan
 from .result import RunResult, status_from_wait
 
 TYPE_CHECKING = False  # typing and collections.abc cost milliseconds to import
@@ -38,6 +38,8 @@ FORWARDED_SIGNALS = (
 # Above this resident size, clone() from the caller costs more than a round trip to the
 # spawn helper (page tables are copied: ../shared/NOTES.md).
 HELPER_THRESHOLD = 32 << 20
+# How long a Sandbox makes its spares' plans from one template (Sandbox._next_plan).
+TEMPLATE_SECONDS = 2.0
 
 _pool: Any = None  # HelperPool, made on first use
 
@@ -162,6 +164,7 @@ class Sandbox:
         self._runs = 0
         self._spares: list[Any] = []  # supervisor.Spare: the next run, built ahead (one, unless threads race)
         self._spare_config = ""
+        self._template: Template | None = None  # what the next spares' plans are made from
         self._no_spare = not prestart
         self._finalizer_set = False
 
@@ -247,8 +250,9 @@ class Sandbox:
         from .errors import IsolateError
         from .supervisor import Supervisor
 
+        key = repr(self.config.__dict__)
         try:
-            spare = Supervisor().prestart(self.plan(argv))
+            spare = Supervisor().prestart(self._next_plan(argv, key))
         except ValueError:  # without a cgroup of its own, or joined by the parent: never
             self._no_spare = True
             return
@@ -259,8 +263,18 @@ class Sandbox:
 
             weakref.finalize(self, _discard, self._spares)
             self._finalizer_set = True
-        self._spare_config = repr(self.config.__dict__)
+        self._spare_config = key
         self._spares.append(spare)
+
+    def _next_plan(self, argv: Sequence[str], key: str) -> Plan:
+        """The next spare's plan, made from the last one's (planner.Template) while the
+        configuration is the same.  Files the plan was made from (the host image's /etc,
+        a seccomp profile) are read again once the template is TEMPLATE_SECONDS old."""
+        template = self._template
+        now = time.monotonic()
+        if template is None or template.key != key or now - template.made > TEMPLATE_SECONDS:
+            template = self._template = Template(self.plan(argv), key, now)
+        return next_plan(template, self.config, new_id())
 
     def run_plan(
         self,

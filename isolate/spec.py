@@ -18,6 +18,8 @@ TYPE_CHECKING = False  # typing and shlex cost milliseconds to import; shell() i
 if TYPE_CHECKING:
     from typing import Any
 
+    from .planner import Template
+
 _MS_NAMES = [
     (_libc.MS_RDONLY, "ro"),
     (_libc.MS_NOSUID, "nosuid"),
@@ -510,6 +512,7 @@ class Plan:
         "parent_joins",
         "trace_fd",
         "spare_fd",
+        "template",
     )
 
     def __init__(
@@ -566,6 +569,46 @@ class Plan:
         self.parent_joins = parent_joins or []  # cgroup files the parent writes the child's pid to
         self.trace_fd = trace_fd  # each step executed is written here as shell (ISOLATE_TRACE)
         self.spare_fd = -1  # a spare's socket: the run's command and stdio come from it (supervisor.Spare)
+        self.template: Template | None = None  # planner.Template this plan was made from (with_identity), in the caller
+
+    def identity(self) -> tuple[str, dict[str, str], list[str]]:
+        """What tells this plan from another run's of the same configuration: the sandbox id,
+        its cgroup directories and the cgroup files the child joins (see with_identity)."""
+        joins = [step.files for step in self.steps if isinstance(step, JoinCgroup)]
+        return self.sandbox_id, self.cgroup_dirs, joins[0] if joins else []
+
+    def with_identity(self, identity: tuple[str, dict[str, str], list[str]]) -> Plan:
+        """This plan for another run of the same configuration, as build_plan would make it.
+
+        Two such plans differ only in what ``identity`` holds, and in the hostname when it
+        is the sandbox id.  The copy shares the steps that never change (they are not
+        written to once built); the ones that do differ, or that a start writes to
+        (AwaitCgroup's pipe), are its own.  A plan with directories or id maps made for
+        its run (--keep, a user namespace) cannot be copied so.
+        """
+        if self.keep_dirs or self.userns or self.parent_joins:
+            raise ValueError("this plan's directories or id maps are its run's own")
+        sandbox_id, cgroup_dirs, join_files = identity
+        old = self.sandbox_id
+        plan = Plan.__new__(Plan)
+        for name in Plan.__slots__:
+            setattr(plan, name, getattr(self, name))
+        plan.sandbox_id = sandbox_id
+        plan.cgroup_dirs = cgroup_dirs
+        steps: list[Step] = []
+        for step in self.steps:
+            if isinstance(step, JoinCgroup):
+                step = JoinCgroup(join_files)
+            elif isinstance(step, AwaitCgroup):
+                step = AwaitCgroup()
+            elif isinstance(step, SetHostname) and step.name == old:
+                step = SetHostname(sandbox_id)
+            steps.append(step)
+        plan.steps = steps
+        plan.argv = list(self.argv)
+        if self.env.get("HOSTNAME") == old:
+            plan.env = {**self.env, "HOSTNAME": sandbox_id}
+        return plan
 
     def shell(self) -> list[str]:
         """The steps as shell commands, in order, for ``--explain``."""

@@ -308,6 +308,7 @@ def test_a_spare_whose_plan_cannot_be_loaded_fails_alone(busybox_root: Path, mon
 
     def poisoned(self: object, plan: Plan) -> object:
         plan.steps.append(Poison())  # type: ignore[arg-type]
+        plan.template = None  # sent whole, not as its template's identity
         return real_prestart(self, plan)  # type: ignore[arg-type]
 
     fds, state = open_fds(), state_entries()
@@ -330,6 +331,71 @@ def test_a_spare_whose_plan_cannot_be_loaded_fails_alone(busybox_root: Path, mon
         assert zygote._zygote is first  # the zygote never saw the plan: still the same, in step
     assert sandbox_children() == [] and sandbox_cgroups() == []
     assert state_entries() == state and open_fds() - fds <= {zygote_fd()}
+
+
+def test_a_template_the_zygote_cannot_load_costs_only_the_spare(
+    busybox_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from isolate import planner, supervisor, zygote
+
+    real_prestart = supervisor.Supervisor.prestart
+
+    def poisoned(self: object, plan: Plan) -> object:
+        assert plan.template is not None
+        bad = plan.template.plan.with_identity(plan.template.plan.identity())
+        bad.steps.append(Poison())  # type: ignore[arg-type]
+        plan.template = planner.Template(bad, plan.template.key, plan.template.made)
+        return real_prestart(self, plan)  # type: ignore[arg-type]
+
+    fds, state = open_fds(), state_entries()
+    with Sandbox(busybox_root, spawn="direct") as box:
+        box.run(["true"])
+        first = zygote._zygote
+        monkeypatch.setattr(supervisor.Supervisor, "prestart", poisoned)
+        # The zygote unpickles a template itself: this one fails there, so no spare is
+        # cloned, its cgroup and lock go, and the run that asked for it is unharmed.
+        assert box.run(["echo", "ran"], capture=True).stdout == b"ran\n"
+        assert box._spares == [] and sandbox_children() == [] and sandbox_cgroups() == []
+        assert state_entries() == state
+        monkeypatch.setattr(supervisor.Supervisor, "prestart", real_prestart)
+        box.run(["true"])
+        assert box.run(["hostname"], capture=True).stdout != b""  # served by a spare again
+        assert len(box._spares) == 1 and zygote._zygote is first  # the zygote lived on, in step
+    assert sandbox_children() == [] and sandbox_cgroups() == []
+    assert state_entries() == state and open_fds() - fds <= {zygote_fd()}
+
+
+def test_a_template_the_zygote_dropped_is_sent_again(busybox_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from isolate import sandbox, zygote
+
+    replies: list[bytes] = []
+    real_request = zygote.Zygote._request
+
+    def recorded(self: zygote.Zygote, *args: object) -> tuple[bytes, BaseException | None]:
+        reply, failure = real_request(self, *args)  # type: ignore[arg-type]
+        replies.append(reply)
+        return reply, failure
+
+    monkeypatch.setattr(zygote.Zygote, "_request", recorded)
+    monkeypatch.setattr(sandbox, "TEMPLATE_SECONDS", 3600.0)  # however slow this host: the same templates
+    # One Sandbox per hostname: a template each, more than the zygote keeps.
+    boxes = [Sandbox(busybox_root, spawn="direct", hostname=f"box{i}") for i in range(zygote._MAX_TEMPLATES + 2)]
+    try:
+        for box in boxes:
+            box.run(["true"])
+            box.run(["true"])  # its spare is the first made from its template: the template goes along
+        assert b"miss" not in replies
+        # The first box's template was dropped by the zygote, which says so; the caller
+        # sends it again and the spare is built all the same.
+        first = boxes[0]
+        result = first.run(["hostname"], capture=True)
+        assert result.stdout == b"box0\n"
+        assert replies.count(b"miss") == 1 and len(first._spares) == 1
+        assert first.run(["hostname"], capture=True).stdout == b"box0\n"  # served by that spare
+    finally:
+        for box in boxes:
+            box.close()
+    assert sandbox_children() == [] and sandbox_cgroups() == []
 
 
 def zygote_fd() -> int:
