@@ -40,6 +40,16 @@ def socket_path(state_dir: str) -> str:
     return os.path.join(state_dir, "monitor.sock")
 
 
+def protocol() -> str:
+    """What a client and the monitor must share to hand a sandbox over: isolate's version and
+    the fields of a pickled Plan.  A monitor started before isolate was upgraded keeps
+    running while its sandboxes do, and a plan pickled by another version may not load there."""
+    from . import __version__
+    from .spec import Plan
+
+    return f"isolate {__version__}, plan fields {','.join(Plan.__slots__)}"
+
+
 class _Sandbox:
     __slots__ = ("plan", "record", "pid", "pidfd", "started", "deadline", "cpu_limit", "group", "reason")
 
@@ -171,9 +181,19 @@ def _serve_client(
         return False
     back: list[int] = []
     try:
-        kind, plan, record = pickle.loads(data)
-        if kind != "start":
-            raise IsolateError(f"monitor: unknown request {kind!r}")
+        # The envelope holds only built-in types, so that a client of another version gets
+        # a clear answer instead of an error from unpickling its plan here.
+        message = pickle.loads(data)
+        if not (isinstance(message, tuple) and len(message) == 4 and message[0] == "start"):
+            raise IsolateError("monitor: unknown request (a client of another isolate version?)")
+        _, theirs, plan_bytes, record = message
+        if theirs != protocol():
+            raise IsolateError(
+                f"the isolate monitor of {state_dir} (pid {os.getpid()}) runs {protocol()!r}, this client "
+                f"{theirs!r}: it was started before isolate changed and stays while its sandboxes run; "
+                "stop them (isolate ps, isolate rm -f) or use another state directory"
+            )
+        plan = pickle.loads(plan_bytes)
         pid, pidfd = supervisor.start(plan, tuple(fds))
         record.update(status="running", pid=pid, pid_start=state.process_start_time(pid), started=time.time())
         state.write_record(state_dir, record)
@@ -212,15 +232,27 @@ def start_detached(state_dir: str, plan: Plan, record: dict[str, Any], stdio: tu
     """Hand a sandbox to the monitor (starting one if none runs); returns its pid."""
     sock = _connect(state_dir)
     try:
-        socket.send_fds(sock, [pickle.dumps(("start", plan, record))], list(stdio))
+        message = ("start", protocol(), pickle.dumps(plan, pickle.HIGHEST_PROTOCOL), record)
+        socket.send_fds(sock, [pickle.dumps(message, pickle.HIGHEST_PROTOCOL)], list(stdio))
         data, _, _, _ = socket.recv_fds(sock, _MAX_MSG, 1)
     finally:
         sock.close()
     if not data:
         raise IsolateError("the isolate monitor exited before starting the sandbox; see <state_dir>/monitor.log")
-    reply = pickle.loads(data)
+    try:
+        reply = pickle.loads(data)
+    except Exception as exc:  # noqa: BLE001 - an exception class this version does not have
+        reply = ("error", exc)
     if reply[0] == "error":
-        raise reply[1]
+        error = reply[1]
+        if isinstance(error, (IsolateError, OSError)):
+            raise error
+        # A monitor of an older isolate fails on this version's request in its own way.
+        raise IsolateError(
+            f"the isolate monitor of {state_dir} failed to take the sandbox ({type(error).__name__}: {error}); "
+            "if it was started by another version of isolate, it stays while its sandboxes run: stop them "
+            "(isolate ps, isolate rm -f) or use another state directory"
+        )
     return int(reply[1])
 
 

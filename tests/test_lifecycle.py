@@ -170,6 +170,67 @@ def test_the_monitor_clones_sandboxes_through_its_zygote(busybox_root: Path) -> 
     wait_for(lambda: gone(monitor) and gone(zygote))
 
 
+def test_a_monitor_of_another_isolate_version_refuses_in_one_clear_line(
+    busybox_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pickle
+    import socket
+
+    from isolate import Sandbox, lifecycle, monitor
+    from isolate.errors import IsolateError
+
+    first = start(busybox_root, "sleep", "100")  # its monitor runs on, as it would across an upgrade
+    state_before, cgroups_before = state_entries(), sandbox_cgroups()
+    monkeypatch.setattr(monitor, "protocol", lambda: "isolate 0.0.9, plan fields old")
+    with pytest.raises(IsolateError, match=r"runs 'isolate .* this client 'isolate 0.0.9, plan fields old'") as info:
+        lifecycle.start_detached(Sandbox(busybox_root), ["sleep", "100"])
+    assert "\n" not in str(info.value) and "isolate rm -f" in str(info.value)
+    assert state_entries() == state_before and sandbox_cgroups() == cgroups_before  # nothing half-made
+    # A client of an older version sends its plan bare: refused before it is unpickled.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.connect(socket_path(DEFAULT_STATE_DIR))
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            socket.send_fds(sock, [pickle.dumps(("start", object(), {}))], [null, null, null])
+        finally:
+            os.close(null)
+        reply = pickle.loads(sock.recv(1 << 16))
+    assert reply[0] == "error" and "another isolate version" in str(reply[1])
+    assert [r["id"] for r in json.loads(cli("ps", "--json").stdout)] == [first]  # it served on
+
+
+def test_a_client_explains_a_monitor_that_fails_on_its_request(tmp_path: Path) -> None:
+    import pickle
+    import socket
+    import threading
+
+    from isolate import monitor
+    from isolate.errors import IsolateError
+
+    # An older monitor unpacks the request its own way and fails with what that raises.
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(socket_path(str(tmp_path)))
+    listener.listen()
+
+    def old_monitor() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            _, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+            for fd in fds:
+                os.close(fd)
+            conn.send(pickle.dumps(("error", ValueError("too many values to unpack (expected 3)"))))
+
+    thread = threading.Thread(target=old_monitor)
+    thread.start()
+    try:
+        with pytest.raises(IsolateError, match=r"failed to take the sandbox \(ValueError: too many values.*"
+                           r"another version of isolate"):  # fmt: skip
+            monitor.start_detached(str(tmp_path), object(), {}, (0, 1, 2))  # type: ignore[arg-type]
+    finally:
+        thread.join()
+        listener.close()
+
+
 def gone(pid: int) -> bool:
     """Exited: no such process, or a zombie (the exited monitor's parent is PID 1, whose reaping
     is not this test's business)."""
