@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -301,21 +302,32 @@ class Poison:
         return (_poisoned, ())
 
 
+def _prestarts_changing(monkeypatch: pytest.MonkeyPatch, change: Callable[[Plan], None]) -> Callable[[], None]:
+    """Every prestart passes its plan through ``change`` first; returns what undoes that."""
+    from isolate import supervisor
+
+    real = supervisor.Supervisor.prestart
+
+    def changed(self: supervisor.Supervisor, plan: Plan) -> supervisor.Spare:
+        change(plan)
+        return real(self, plan)
+
+    monkeypatch.setattr(supervisor.Supervisor, "prestart", changed)
+    return lambda: monkeypatch.setattr(supervisor.Supervisor, "prestart", real)
+
+
 def test_a_spare_whose_plan_cannot_be_loaded_fails_alone(busybox_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from isolate import supervisor, zygote
+    from isolate import zygote
 
-    real_prestart = supervisor.Supervisor.prestart
-
-    def poisoned(self: object, plan: Plan) -> object:
+    def poisoned(plan: Plan) -> None:
         plan.steps.append(Poison())  # type: ignore[arg-type]
         plan.template = None  # sent whole, not as its template's identity
-        return real_prestart(self, plan)  # type: ignore[arg-type]
 
     fds, state = open_fds(), state_entries()
     with Sandbox(busybox_root, spawn="direct") as box:
         box.run(["true"])
         first = zygote._zygote
-        monkeypatch.setattr(supervisor.Supervisor, "prestart", poisoned)
+        undo = _prestarts_changing(monkeypatch, poisoned)
         box.run(["true"])  # its spare is cloned; the child, not the zygote, loads the plan and fails
         assert len(box._spares) == 1
         spare = box._spares[0]
@@ -324,7 +336,7 @@ def test_a_spare_whose_plan_cannot_be_loaded_fails_alone(busybox_root: Path, mon
             time.sleep(0.01)
         assert not spare.alive()  # type: ignore[attr-defined]
         # The next run sees the dead spare, discards it (cgroup and lock) and starts cold.
-        monkeypatch.setattr(supervisor.Supervisor, "prestart", real_prestart)
+        undo()
         assert box.run(["echo", "ran"], capture=True).stdout == b"ran\n"
         assert len(box._spares) == 1 and spare_of(box).alive()  # type: ignore[attr-defined]
         assert box.run(["echo", "from the spare"], capture=True).stdout == b"from the spare\n"
@@ -336,28 +348,25 @@ def test_a_spare_whose_plan_cannot_be_loaded_fails_alone(busybox_root: Path, mon
 def test_a_template_the_zygote_cannot_load_costs_only_the_spare(
     busybox_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from isolate import planner, supervisor, zygote
+    from isolate import planner, zygote
 
-    real_prestart = supervisor.Supervisor.prestart
-
-    def poisoned(self: object, plan: Plan) -> object:
+    def poisoned(plan: Plan) -> None:
         assert plan.template is not None
         bad = plan.template.plan.with_identity(plan.template.plan.identity())
         bad.steps.append(Poison())  # type: ignore[arg-type]
         plan.template = planner.Template(bad, plan.template.key, plan.template.made)
-        return real_prestart(self, plan)  # type: ignore[arg-type]
 
     fds, state = open_fds(), state_entries()
     with Sandbox(busybox_root, spawn="direct") as box:
         box.run(["true"])
         first = zygote._zygote
-        monkeypatch.setattr(supervisor.Supervisor, "prestart", poisoned)
+        undo = _prestarts_changing(monkeypatch, poisoned)
         # The zygote unpickles a template itself: this one fails there, so no spare is
         # cloned, its cgroup and lock go, and the run that asked for it is unharmed.
         assert box.run(["echo", "ran"], capture=True).stdout == b"ran\n"
         assert box._spares == [] and sandbox_children() == [] and sandbox_cgroups() == []
         assert state_entries() == state
-        monkeypatch.setattr(supervisor.Supervisor, "prestart", real_prestart)
+        undo()
         box.run(["true"])
         assert box.run(["hostname"], capture=True).stdout != b""  # served by a spare again
         assert len(box._spares) == 1 and zygote._zygote is first  # the zygote lived on, in step
