@@ -8,8 +8,8 @@
 Importing this package stays cheap: no click, psutil or cgroupspy here.
 """
 
-from .config import Tmpfs, Volume
-from .errors import (
+from isolate.config import Tmpfs, Volume
+from isolate.errors import (
     CommandNotExecutableError,
     CommandNotFoundError,
     ConfigError,
@@ -18,9 +18,9 @@ from .errors import (
     NotRootError,
     SetupError,
 )
-from .limits import Limits
-from .result import RunResult
-from .sandbox import Sandbox
+from isolate.limits import Limits
+from isolate.result import RunResult
+from isolate.sandbox import Sandbox
 
 __all__ = [
     "Sandbox",

@@ -8,11 +8,11 @@ import sys
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["run"]:
-        from .cli_options import fast_parse
+        from isolate.cli.options import fast_parse
 
         parsed = fast_parse(args[1:])
         if parsed is not None and (parsed[1] or parsed[0].get("image")):
-            from .cli_run import execute_run
+            from isolate.cli.run import execute_run
 
             code = execute_run(parsed[0], parsed[1])
             # The sandbox is gone and reaped; what the interpreter's finalization would do
@@ -27,8 +27,8 @@ def main() -> None:
             os._exit(code)
     import click
 
-    from .cli import cli
-    from .errors import IsolateError
+    from isolate.cli.commands import cli
+    from isolate.errors import IsolateError
 
     try:
         code = cli.main(args, prog_name="isolate", standalone_mode=False)

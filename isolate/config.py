@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from .errors import ConfigError
-from .limits import Limits
+from isolate.errors import ConfigError
+from isolate.limits import Limits
 
 NAMESPACES = ("pid", "net", "uts", "ipc", "mount")
 MODES = ("pivot_root", "chroot")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import ConfigError
+from isolate.errors import ConfigError
 
 _SIZE_SUFFIXES = {
     "": 1, "b": 1,

@@ -6,20 +6,20 @@ import _signal as signal  # not "signal": it imports enum, slow at start-up
 import os
 import time
 
-from . import spawn
-from .config import SandboxConfig, Tmpfs, Volume, parse_user
-from .errors import ConfigError, NotRootError
-from .limits import Limits
-from .planner import Template, build_plan, next_plan
-from .result import RunResult, status_from_wait
+from isolate.config import SandboxConfig, Tmpfs, Volume, parse_user
+from isolate.errors import ConfigError, NotRootError
+from isolate.limits import Limits
+from isolate.plan.builder import Template, build_plan, next_plan
+from isolate.process import spawn
+from isolate.result import RunResult, status_from_wait
 
 TYPE_CHECKING = False  # typing and collections.abc cost milliseconds to import
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
     from typing import IO, Any, Protocol
 
-    from .spec import Plan
-    from .supervisor import Finished
+    from isolate.plan.steps import Plan
+    from isolate.process.supervisor import Finished
 
     class _Engine(Protocol):
         def start(self, plan: Plan, stdio: tuple[int, int, int]) -> tuple[int, int]: ...
@@ -247,8 +247,8 @@ class Sandbox:
         """Build the next run's sandbox, up to its exec, while this run's command runs."""
         if self._spares:
             return
-        from .errors import IsolateError
-        from .supervisor import Supervisor
+        from isolate.errors import IsolateError
+        from isolate.process.supervisor import Supervisor
 
         key = repr(self.config.__dict__)
         try:
@@ -267,7 +267,7 @@ class Sandbox:
         self._spares.append(spare)
 
     def _next_plan(self, argv: Sequence[str], key: str) -> Plan:
-        """The next spare's plan, made from the last one's (planner.Template) while the
+        """The next spare's plan, made from the last one's (builder.Template) while the
         configuration is the same.  Files the plan was made from (the host image's /etc,
         a seccomp profile) are read again once the template is TEMPLATE_SECONDS old."""
         template = self._template
@@ -311,7 +311,7 @@ class Sandbox:
             timeout = wall
         plan.tty = tty
         if spare is not None:
-            from .supervisor import Supervisor
+            from isolate.process.supervisor import Supervisor
 
             engine: tuple[_Engine, Any] = (Supervisor(), None)
         else:
@@ -321,12 +321,12 @@ class Sandbox:
     def _engine(self) -> tuple[_Engine, Any]:
         use_helper = self.spawn == "helper" or (self.spawn == "auto" and _rss() > HELPER_THRESHOLD)
         if not use_helper:
-            from .supervisor import Supervisor
+            from isolate.process.supervisor import Supervisor
 
             return Supervisor(), None
         global _pool
         if _pool is None:
-            from .helper import make_pool
+            from isolate.process.helper import make_pool
 
             _pool = make_pool()
         helper = _pool.acquire()
@@ -339,7 +339,7 @@ def rootless(config: SandboxConfig) -> None:
     A user can create user namespaces and, in one, every other kind (user_namespaces(7));
     it cannot create cgroups outside a subtree delegated to it, which v1 never offers.
     """
-    from .errors import HostSupportError
+    from isolate.errors import HostSupportError
 
     if config.userns is False and os.environ.get("ISOLATE_ROOTLESS") == "0":
         raise NotRootError("must run as root (sudo isolate ...), or rootless (unset ISOLATE_ROOTLESS)")
@@ -359,7 +359,7 @@ def rootless(config: SandboxConfig) -> None:
 
 def _check_user(config: SandboxConfig) -> None:
     if config.mode == "pivot_root" and config.user not in (None, (0, 0)):
-        from . import planner
+        from isolate.plan import builder as planner
 
         if len(planner.id_maps()) == 1:
             raise ConfigError("--user: rootless with one id maps only root; add a range to /etc/subuid (newuidmap)")
@@ -373,7 +373,7 @@ def delegated_cgroup_parent() -> str | None:
     the caller's own cgroup and the sandboxes both below a parent the user owns, isolate
     can create, limit and fill sandbox cgroups there.  systemd's Delegate=yes sets this up.
     """
-    from . import cgroups
+    from isolate import cgroups
 
     lay = cgroups.layout()
     if lay.kind != "v2" or not {"memory", "cpu", "pids"} <= lay.v2_controllers:
@@ -500,7 +500,7 @@ class _Run:
             if self.plan.tty:
                 import socket
 
-                from .terminal import with_terminal_step
+                from isolate.process.terminal import with_terminal_step
 
                 sock, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                 child_fds.append(child_end.detach())
@@ -516,7 +516,7 @@ class _Run:
                 else:
                     self.pid, self.pidfd = self.engine.start(self.plan, (stdio[0], stdio[1], stdio[2]))
                 if sock is not None:
-                    from .terminal import receive_primary
+                    from isolate.process.terminal import receive_primary
 
                     primary = receive_primary(sock)
             finally:
@@ -530,7 +530,7 @@ class _Run:
                 if self.refill is not None:
                     self.refill()
                 if primary >= 0:
-                    from .terminal import interact
+                    from isolate.process.terminal import interact
 
                     parent_fds[primary] = "tty"
                     old_handlers = self._forward(forward_signals, skip=(signal.SIGWINCH, signal.SIGINT))
@@ -584,7 +584,7 @@ class _Run:
         cpu_limit = self.plan.limits.time if self.plan.cgroup_version else None
         poll_peak = False
         if self.plan.cgroup_version:
-            from .cgroups import open_cgroup
+            from isolate.cgroups import open_cgroup
 
             self.group = open_cgroup(self.plan.cgroup_version, self.plan.cgroup_dirs)
             poll_peak = self.plan.cgroup_version == "v2" and not os.path.exists(

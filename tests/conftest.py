@@ -40,7 +40,7 @@ def open_fds() -> set[int]:
 
 def helper_sockets() -> set[int]:
     """The sockets of idle spawn helpers and of the zygote: kept open on purpose for the next run."""
-    from isolate import helper, zygote
+    from isolate.process import helper, zygote
 
     pool = helper._the_pool
     found = {h.sock.fileno() for h in pool._idle} if pool is not None else set()
@@ -94,7 +94,7 @@ def sandbox_children() -> list[int]:
             if ppid != me:
                 continue
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if b"isolate.helper" in f.read():
+                if b"isolate.process.helper" in f.read():
                     continue
             with open(f"/proc/{entry}/comm", "rb") as f:
                 if f.read().strip() == b"isolate-zygote":
@@ -147,7 +147,7 @@ def no_leaks() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def busybox_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A busybox root filesystem built with isolate's own builder (needs busybox-static)."""
-    from isolate.rootfs import build_busybox_rootfs
+    from isolate.plan.rootfs import build_busybox_rootfs
 
     dest = tmp_path_factory.mktemp("busybox") / "root"
     build_busybox_rootfs(str(dest))

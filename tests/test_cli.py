@@ -185,7 +185,7 @@ def test_doctor() -> None:
 
 
 def test_help_lists_every_option() -> None:
-    from isolate.cli_options import RUN_OPTIONS
+    from isolate.cli.options import RUN_OPTIONS
 
     out = cli("run", "--help").stdout.decode()
     assert all(opt.names[0] in out for opt in RUN_OPTIONS)

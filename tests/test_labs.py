@@ -19,7 +19,7 @@ def quiet_monitor() -> Iterator[None]:
     import time
 
     from isolate.config import default_state_dir
-    from isolate.monitor import socket_path
+    from isolate.detached.monitor import socket_path
 
     yield
     deadline = time.monotonic() + 5

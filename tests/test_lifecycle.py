@@ -14,7 +14,7 @@ import pytest
 from conftest import ISOLATE_BIN, cli, processes_matching, sandbox_cgroups, state_entries
 
 from isolate.config import DEFAULT_STATE_DIR
-from isolate.monitor import socket_path
+from isolate.detached.monitor import socket_path
 
 
 def wait_for(condition: object, timeout: float = 10) -> None:
@@ -132,7 +132,9 @@ def test_fifty_parallel_starts(busybox_root: Path) -> None:
 
 def the_monitor() -> int:
     # The oldest: its zygote is a fork of it, with the same command line.
-    found = subprocess.run(["pgrep", "-o", "-f", "from isolate.monitor import serve"], capture_output=True, text=True)
+    found = subprocess.run(
+        ["pgrep", "-o", "-f", "from isolate.detached.monitor import serve"], capture_output=True, text=True
+    )
     return int(found.stdout.split()[0])
 
 
@@ -176,7 +178,8 @@ def test_a_monitor_of_another_isolate_version_refuses_in_one_clear_line(
     import pickle
     import socket
 
-    from isolate import Sandbox, lifecycle, monitor
+    from isolate import Sandbox
+    from isolate.detached import lifecycle, monitor
     from isolate.errors import IsolateError
 
     first = start(busybox_root, "sleep", "100")  # its monitor runs on, as it would across an upgrade
@@ -204,7 +207,7 @@ def test_a_client_explains_a_monitor_that_fails_on_its_request(tmp_path: Path) -
     import socket
     import threading
 
-    from isolate import monitor
+    from isolate.detached import monitor
     from isolate.errors import IsolateError
 
     # An older monitor unpacks the request its own way and fails with what that raises.
@@ -258,7 +261,7 @@ def test_killed_monitor_leaves_state_that_gc_removes(busybox_root: Path, marker:
 
 
 def test_killed_start_is_collected(busybox_root: Path) -> None:
-    from isolate import state
+    from isolate import _state as state
 
     # A `run -d` killed after writing its record and before the monitor took over.
     record = {"id": "0123456789ab", "name": "halfway", "status": "created", "created": time.time(),

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from isolate.oci.template import default_config
-from isolate.security import CAPS
+from isolate.plan.security import CAPS
 
 OCI = os.path.join(os.path.dirname(sys.executable), "isolate-oci")
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import cli, open_fds, processes_matching, sandbox_cgroups, sandbox_children, state_entries
 
 from isolate import CommandNotFoundError, Limits, Sandbox
-from isolate.spec import Plan
+from isolate.plan.steps import Plan
 
 
 def spare_of(box: Sandbox) -> object:
@@ -108,7 +108,7 @@ def test_the_spare_holds_none_of_the_callers_descriptors(busybox_root: Path) -> 
         assert os.readlink(f"/proc/self/fd/{r}") not in held
         assert len(held) <= 6, held  # /dev/null as stdio, its error pipe, its socket, its cgroup pipe
         # The zygote that cloned it (a fork of this process) keeps only its socket and /dev/null.
-        from isolate import zygote
+        from isolate.process import zygote
 
         assert zygote._zygote is not None
         zfds = f"/proc/{zygote._zygote.pid}/fd"
@@ -234,8 +234,8 @@ def test_a_fork_of_the_caller_leaves_the_spare_alone(busybox_root: Path) -> None
 
 
 def test_a_spare_whose_cgroup_fails_leaves_nothing(busybox_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from isolate import supervisor
     from isolate.errors import HostSupportError
+    from isolate.process import supervisor
 
     real, calls = supervisor._create_cgroup, []
 
@@ -263,7 +263,7 @@ def test_a_spare_whose_cgroup_fails_leaves_nothing(busybox_root: Path, monkeypat
 def test_a_failed_clone_after_the_spares_cgroup_was_made_leaves_nothing(
     busybox_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from isolate import supervisor
+    from isolate.process import supervisor
 
     real_prestart, real_create, made = supervisor.Supervisor.prestart, supervisor._create_cgroup, []
 
@@ -304,7 +304,7 @@ class Poison:
 
 def _prestarts_changing(monkeypatch: pytest.MonkeyPatch, change: Callable[[Plan], None]) -> Callable[[], None]:
     """Every prestart passes its plan through ``change`` first; returns what undoes that."""
-    from isolate import supervisor
+    from isolate.process import supervisor
 
     real = supervisor.Supervisor.prestart
 
@@ -317,7 +317,7 @@ def _prestarts_changing(monkeypatch: pytest.MonkeyPatch, change: Callable[[Plan]
 
 
 def test_a_spare_whose_plan_cannot_be_loaded_fails_alone(busybox_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from isolate import zygote
+    from isolate.process import zygote
 
     def poisoned(plan: Plan) -> None:
         plan.steps.append(Poison())  # type: ignore[arg-type]
@@ -348,7 +348,8 @@ def test_a_spare_whose_plan_cannot_be_loaded_fails_alone(busybox_root: Path, mon
 def test_a_template_the_zygote_cannot_load_costs_only_the_spare(
     busybox_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from isolate import planner, zygote
+    from isolate.plan import builder as planner
+    from isolate.process import zygote
 
     def poisoned(plan: Plan) -> None:
         assert plan.template is not None
@@ -375,7 +376,8 @@ def test_a_template_the_zygote_cannot_load_costs_only_the_spare(
 
 
 def test_a_template_the_zygote_dropped_is_sent_again(busybox_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from isolate import sandbox, zygote
+    from isolate import sandbox
+    from isolate.process import zygote
 
     replies: list[bytes] = []
     real_request = zygote.Zygote._request
@@ -408,7 +410,7 @@ def test_a_template_the_zygote_dropped_is_sent_again(busybox_root: Path, monkeyp
 
 
 def zygote_fd() -> int:
-    from isolate import zygote
+    from isolate.process import zygote
 
     return zygote.socket_fd()
 
@@ -431,7 +433,7 @@ class _InterruptedSocket:
 
 
 def test_an_interrupted_request_to_the_zygote_leaves_nothing(busybox_root: Path) -> None:
-    from isolate import zygote
+    from isolate.process import zygote
 
     fds, state = open_fds(), state_entries()
     with Sandbox(busybox_root, spawn="direct") as box:

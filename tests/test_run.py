@@ -126,7 +126,9 @@ def test_helper_ends_sandboxes_when_the_caller_dies(busybox_root: Path, marker: 
     finally:
         caller.kill()
         caller.wait()
-    _wait_for(lambda: processes_matching(marker) == [] and processes_matching("isolate.helper import serve") == [])
+    _wait_for(
+        lambda: processes_matching(marker) == [] and processes_matching("isolate.process.helper import serve") == []
+    )
 
 
 def test_sandbox_dies_with_the_isolate_process(busybox_root: Path, marker: str) -> None:

@@ -198,7 +198,7 @@ def test_exec_gets_the_same_defences(busybox_root: Path) -> None:
         import time
 
         from isolate.config import DEFAULT_STATE_DIR
-        from isolate.monitor import socket_path
+        from isolate.detached.monitor import socket_path
 
         deadline = time.monotonic() + 5
         while os.path.exists(socket_path(DEFAULT_STATE_DIR)) and time.monotonic() < deadline:

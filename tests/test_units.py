@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from isolate import ConfigError, Limits, RunResult, Sandbox, Volume
-from isolate.cli_options import fast_parse
-from isolate.cli_run import parse_duration
-from isolate.planner import Template, next_plan
+from isolate.cli.options import fast_parse
+from isolate.cli.run import parse_duration
+from isolate.plan.builder import Template, next_plan
+from isolate.plan.steps import Mount, Plan, resolve_in_root
 from isolate.result import status_from_wait
-from isolate.spec import Mount, Plan, resolve_in_root
 
 
 def test_fast_parse() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from .base import DEFAULT_PARENT, Cgroup, CgroupStats
+from isolate.cgroups.base import DEFAULT_PARENT, Cgroup, CgroupStats
 
 __all__ = ["DEFAULT_PARENT", "Cgroup", "CgroupStats", "Layout", "layout", "backend", "open_cgroup"]
 
@@ -79,15 +79,15 @@ def backend(lay: Layout | None = None) -> object | None:
     """A V2Backend or V1Backend for this host, or None when no usable hierarchy is mounted."""
     lay = lay or layout()
     if lay.v2_mount and {"memory", "cpu", "pids"} <= lay.v2_controllers:
-        from .v2 import V2Backend
+        from isolate.cgroups.v2 import V2Backend
 
         return V2Backend(lay.v2_mount)
     if "memory" in lay.v1_mounts:
-        from .v1 import V1Backend
+        from isolate.cgroups.v1 import V1Backend
 
         return V1Backend(lay.v1_mounts)
     if lay.v2_mount and lay.v2_controllers:
-        from .v2 import V2Backend
+        from isolate.cgroups.v2 import V2Backend
 
         return V2Backend(lay.v2_mount)
     return None
@@ -96,9 +96,9 @@ def backend(lay: Layout | None = None) -> object | None:
 def open_cgroup(version: str, dirs: dict[str, str]) -> Cgroup:
     """A handle on an existing sandbox cgroup, for reading usage while it runs."""
     if version == "v2":
-        from .v2 import V2Cgroup
+        from isolate.cgroups.v2 import V2Cgroup
 
         return V2Cgroup(dirs)
-    from .v1 import V1Cgroup
+    from isolate.cgroups.v1 import V1Cgroup
 
     return V1Cgroup(dirs)

@@ -11,11 +11,11 @@ import errno
 import os
 import time
 
-from ..errors import HostSupportError, IsolateError
+from isolate.errors import HostSupportError, IsolateError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..limits import Limits
+    from isolate.limits import Limits
 
 DEFAULT_PARENT = "isolate"
 

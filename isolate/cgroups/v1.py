@@ -15,12 +15,12 @@ import time
 from cgroupspy.controllers import Controller, CpuAcctController, CpuController, CpuSetController, MemoryController
 from cgroupspy.interfaces import BaseFileInterface, DictFile, IntegerFile
 
-from ..errors import HostSupportError
-from .base import Cgroup, CgroupStats, make_dir, read, write
+from isolate.cgroups.base import Cgroup, CgroupStats, make_dir, read, write
+from isolate.errors import HostSupportError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..limits import Limits
+    from isolate.limits import Limits
 
 USER_HZ = os.sysconf("SC_CLK_TCK")  # cpuacct.stat counts in USER_HZ ticks
 
@@ -269,6 +269,6 @@ def _inherit_cpuset(path: str) -> None:
 
 
 def _keyed(path: str) -> dict[str, int]:
-    from .base import read_keyed
+    from isolate.cgroups.base import read_keyed
 
     return read_keyed(path)

@@ -6,12 +6,12 @@ import _signal as signal  # not "signal": it imports enum (3 ms of every CLI sta
 import os
 import time
 
-from ..errors import HostSupportError
-from .base import Cgroup, CgroupStats, make_dir, read, read_keyed, write
+from isolate.cgroups.base import Cgroup, CgroupStats, make_dir, read, read_keyed, write
+from isolate.errors import HostSupportError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..limits import Limits
+    from isolate.limits import Limits
 
 ACCOUNTING = ("memory", "cpu", "pids")
 

@@ -15,7 +15,7 @@ import shutil
 import stat
 import tarfile
 
-from .store import ImageStore, parse_ref
+from isolate.images.store import ImageStore, parse_ref
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

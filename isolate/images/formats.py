@@ -18,8 +18,8 @@ import json
 import os
 import tarfile
 
-from .store import Image, ImageStore, hex_of
-from .unpack import ImageError
+from isolate.images.store import Image, ImageStore, hex_of
+from isolate.images.unpack import ImageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -283,7 +283,7 @@ def import_rootfs_tarball(
 
 def import_directory(store: ImageStore, directory: str, name: str) -> Image:
     """An image of one layer holding a root filesystem directory (``isolate image from-dir``)."""
-    from .export import tar_directory
+    from isolate.images.export import tar_directory
 
     if not os.path.isdir(directory):
         raise ImageError(f"{directory}: not a directory; give the root filesystem to make an image of")
@@ -306,7 +306,7 @@ def build_busybox(store: ImageStore, name: str) -> Image:
     """A busybox image from Debian's busybox-static, with no network."""
     import shutil
 
-    from ..rootfs import build_busybox_rootfs
+    from isolate.plan.rootfs import build_busybox_rootfs
 
     work = store.tmp_dir()
     try:

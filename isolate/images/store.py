@@ -24,8 +24,8 @@ import os
 import shutil
 import time
 
-from ..errors import ConfigError
-from .unpack import ImageError, LayerInfo, unpack_layer
+from isolate.errors import ConfigError
+from isolate.images.unpack import ImageError, LayerInfo, unpack_layer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

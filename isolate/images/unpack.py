@@ -37,7 +37,7 @@ import hashlib
 import os
 import stat
 
-from ..errors import IsolateError
+from isolate.errors import IsolateError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

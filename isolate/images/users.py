@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import ConfigError
+from isolate.errors import ConfigError
 
 
 def _lookup(lowers: list[str], filename: str, name: str) -> tuple[int, int] | None:

@@ -365,7 +365,7 @@ def get(number: int) -> Lab:
     for lab in LABS:
         if lab.number == number:
             return lab
-    from ..errors import ConfigError
+    from isolate.errors import ConfigError
 
     raise ConfigError(f"no lab {number}; `isolate lab list` lists them")
 
@@ -384,7 +384,7 @@ def run_demo(demo: Demo) -> tuple[int, str, str]:
 
 def unavailable(lab: Lab) -> str | None:
     if lab.needs == "v2":
-        from .. import cgroups
+        from isolate import cgroups
 
         if cgroups.layout().kind != "v2":
             return "this lab needs a cgroup v2 host: run it in the Vagrant VM (vagrant ssh -c 'sudo isolate lab run N')"

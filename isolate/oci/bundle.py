@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 
-from .. import _libc as L
-from ..errors import ConfigError
-from ..seccomp import LoadSeccomp
-from ..security import SetOomScoreAdj
-from ..spec import Chdir, JoinCgroup, NoNewPrivs, PivotRoot, RemountRootReadOnly, SetHostname, Step
-from ..spec import UnshareCgroupNamespace as UnshareCgroupNs
-from . import steps as S
+from isolate import _libc as L
+from isolate.errors import ConfigError
+from isolate.oci import steps as S
+from isolate.plan.seccomp import LoadSeccomp
+from isolate.plan.security import SetOomScoreAdj
+from isolate.plan.steps import Chdir, JoinCgroup, NoNewPrivs, PivotRoot, RemountRootReadOnly, SetHostname, Step
+from isolate.plan.steps import UnshareCgroupNamespace as UnshareCgroupNs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ def build(
         if not plan.uid_map or not plan.gid_map:
             raise ConfigError("linux.namespaces: a new user namespace needs linux.uidMappings and gidMappings")
     if cgroup_version is not None:
-        from ..cgroups.base import join_files
+        from isolate.cgroups.base import join_files
 
         if userns:
             plan.parent_joins = sorted({f"{d}/cgroup.procs" for d in cgroup_dirs.values()})
@@ -231,7 +231,7 @@ def build(
     if "uts" in kinds and config.get("domainname"):
         steps.append(S.SetDomainname(str(config["domainname"])))
     if not own_mounts:
-        from ..spec import Chroot
+        from isolate.plan.steps import Chroot
 
         steps.append(Chroot())
     else:
@@ -314,7 +314,7 @@ def build(
 
 
 def log_warning(message: str) -> None:
-    from .runtime import log_warning as log
+    from isolate.oci.runtime import log_warning as log
 
     log(message)
 
@@ -324,7 +324,7 @@ def _check_capabilities(caps: dict[str, list[str]] | None) -> None:
     (a host may withhold CAP_SYS_RESOURCE from root, as these machines do)."""
     if not caps:
         return
-    from ..security import CAP_NUMBER
+    from isolate.plan.security import CAP_NUMBER
 
     have = L.cap_permitted()
     wanted = {name for names in caps.values() for name in names or []}
@@ -340,7 +340,7 @@ def _check_capabilities(caps: dict[str, list[str]] | None) -> None:
 
 
 def _last_cap() -> int:
-    from ..security import last_cap
+    from isolate.plan.security import last_cap
 
     return last_cap()
 
@@ -406,7 +406,7 @@ class CgroupMount(Step):
         self.unified = unified
 
     def apply(self, root: str) -> None:
-        from ..spec import resolve_in_root
+        from isolate.plan.steps import resolve_in_root
 
         target = resolve_in_root(root, self.dest, "dir")
         ro = L.MS_RDONLY if self.ro else 0
@@ -437,7 +437,7 @@ def _cgroup_mount(dest: str, flags: int, dirs: dict[str, str], own_ns: bool, ver
         if own_ns:
             return [CgroupMount(dest, ro, [], [], True)]
         return [CgroupMount(dest, ro, [(dirs["unified"], "")], [], False)]
-    from ..cgroups import layout
+    from isolate.cgroups import layout
 
     options = layout().v1_options
     binds, links = [], []
@@ -455,7 +455,7 @@ def _cgroup_mount(dest: str, flags: int, dirs: dict[str, str], own_ns: bool, ver
 
 
 def _device_steps(devices: list[dict[str, Any]], userns: bool) -> list[Step]:
-    from ..spec import Symlink
+    from isolate.plan.steps import Symlink
 
     steps: list[Step] = []
     listed = {d.get("path") for d in devices}
@@ -484,7 +484,7 @@ class _PtmxLink(Step):
     what = "linking /dev/ptmx"
 
     def apply(self, root: str) -> None:
-        from ..spec import resolve_in_root
+        from isolate.plan.steps import resolve_in_root
 
         dev = resolve_in_root(root, "/dev", "dir")
         link = os.path.join(dev, "ptmx")

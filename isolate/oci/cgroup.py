@@ -14,9 +14,9 @@ import errno
 import os
 import time
 
-from ..cgroups import layout
-from ..cgroups.base import read, write
-from ..errors import ConfigError, HostSupportError
+from isolate.cgroups import layout
+from isolate.cgroups.base import read, write
+from isolate.errors import ConfigError, HostSupportError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def create(version: str, dirs: dict[str, str], resources: dict[str, Any],
                 _delegate(mount, path)
         apply(version, dirs, resources, devices or [])
         if version == "v2" and resources.get("devices"):
-            from .devices_bpf import attach
+            from isolate.oci.devices_bpf import attach
 
             attach(dirs["unified"], v2_device_rules(resources, devices or []))
     except BaseException:

@@ -15,8 +15,8 @@ import ctypes
 import os
 import struct
 
-from .. import _libc as L
-from ..errors import HostSupportError
+from isolate import _libc as L
+from isolate.errors import HostSupportError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import _signal as signal
 import os
 
-from .. import _libc, state
-from ..errors import ConfigError
-from ..seccomp import LoadSeccomp
-from . import bundle as B
-from . import steps as S
-from .runtime import Runtime
+from isolate import _libc
+from isolate import _state as state
+from isolate.errors import ConfigError
+from isolate.oci import bundle as B
+from isolate.oci import steps as S
+from isolate.oci.runtime import Runtime
+from isolate.plan.seccomp import LoadSeccomp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def execute(runtime: Runtime, cid: str, process: dict[str, Any], detach: bool, p
         if state.process_start_time(pid) != record.get("pid_start"):
             raise ConfigError("cannot exec in a stopped container")
         if console_socket:
-            from .runtime import _connect
+            from isolate.oci.runtime import _connect
 
             console_fd = _connect(console_socket)
         env = dict(item.split("=", 1) if "=" in item else (item, "") for item in process.get("env") or [])
@@ -87,7 +88,7 @@ def execute(runtime: Runtime, cid: str, process: dict[str, Any], detach: bool, p
         if seccomp is not None and not nnp:
             steps.append(seccomp)
         if nnp:
-            from ..spec import NoNewPrivs
+            from isolate.plan.steps import NoNewPrivs
 
             steps.append(NoNewPrivs())
         steps.append(S.Identity(uid, gid, [int(g) for g in user.get("additionalGids") or []],
@@ -95,7 +96,7 @@ def execute(runtime: Runtime, cid: str, process: dict[str, Any], detach: bool, p
                                 process.get("capabilities"), B._last_cap()))  # fmt: skip
         if seccomp is not None and nnp:
             steps.append(seccomp)
-        from ..cgroups.base import join_files
+        from isolate.cgroups.base import join_files
 
         joins = join_files(record["cgroup_version"], record["cgroup_dirs"]) if record.get("cgroup_version") else []
         return _run(fds, joins, steps, _Target(argv, env), detach, pid_file, preserve_fds)
@@ -129,7 +130,7 @@ def forward_signals(pid: int) -> None:
 
 def _run(ns_fds: list[int], joins: list[str], steps: list[Any], target: _Target, detach: bool,
          pid_file: str | None, preserve_fds: int) -> int:  # fmt: skip
-    from ..spawn import _decode_failure
+    from isolate.process.spawn import _decode_failure
 
     errr, errw = os.pipe2(os.O_CLOEXEC)
     pidr, pidw = os.pipe2(os.O_CLOEXEC)
@@ -154,7 +155,7 @@ def _run(ns_fds: list[int], joins: list[str], steps: list[Any], target: _Target,
         raise _decode_failure(report)
     process_pid = int(pid_text or b"0")
     if pid_file and process_pid:
-        from .runtime import _write_pid_file
+        from isolate.oci.runtime import _write_pid_file
 
         _write_pid_file(pid_file, process_pid)
     if detach:
@@ -174,9 +175,9 @@ def wait_status(pid: int) -> int:
 
 def _middle(ns_fds: list[int], joins: list[str], steps: list[Any], target: _Target, errw: int, pidw: int,
             detach: bool, preserve_fds: int) -> None:  # fmt: skip
-    from ..spawn import _exec, _report
-    from ..spec import JoinCgroup
-    from .steps import _ExecLookupError
+    from isolate.oci.steps import _ExecLookupError
+    from isolate.plan.steps import JoinCgroup
+    from isolate.process.spawn import _exec, _report
 
     what = "joining the container"
     try:

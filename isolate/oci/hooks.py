@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from ..errors import IsolateError
+from isolate.errors import IsolateError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def run(kind: str, hooks: list[dict[str, Any]], state: bytes, enter_pid: int = 0
 
 def _enter(fds: list[int]) -> Any:
     def preexec() -> None:
-        from .. import _libc
+        from isolate import _libc
 
         for fd in fds:
             _libc.setns(fd, 0)

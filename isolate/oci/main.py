@@ -13,8 +13,8 @@ import time
 
 import click
 
-from ..errors import IsolateError
-from .runtime import DEFAULT_ROOT, OCI_VERSION, Runtime
+from isolate.errors import IsolateError
+from isolate.oci.runtime import DEFAULT_ROOT, OCI_VERSION, Runtime
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ def run(ctx: click.Context, container_id: str, bundle: str, pid_file: str | None
         raise
     if detach:
         return
-    from .exec import forward_signals, wait_status
+    from isolate.oci.exec import forward_signals, wait_status
 
     forward_signals(pid)
     code = wait_status(pid)
@@ -139,7 +139,7 @@ def state(ctx: click.Context, container_id: str) -> None:
 @click.pass_context
 def kill(ctx: click.Context, container_id: str, signal_name: str, all_processes: bool) -> None:
     """Send a signal (name or number, default SIGTERM) to the container's process."""
-    from ..lifecycle import parse_signal
+    from isolate.detached.lifecycle import parse_signal
 
     _runtime(ctx).kill(container_id, _signal_number(signal_name, parse_signal), all_processes)
 
@@ -205,7 +205,7 @@ def exec_(ctx: click.Context, container_id: str, command: tuple[str, ...], proce
           user: str | None, additional_gids: tuple[int, ...], cap: tuple[str, ...], no_new_privs: bool,
           preserve_fds: int) -> None:  # fmt: skip
     """Run another process in a running container."""
-    from .exec import execute
+    from isolate.oci.exec import execute
 
     runtime = _runtime(ctx)
     record = runtime.load(container_id)
@@ -329,7 +329,7 @@ def update(ctx: click.Context, container_id: str, resources: str | None, memory:
 @click.option("--rootfs", default="rootfs", help="root.path to write.")
 def spec(bundle: str, rootfs: str) -> None:
     """Write a default config.json (runc's defaults) into the bundle directory."""
-    from .template import default_config
+    from isolate.oci.template import default_config
 
     path = os.path.join(bundle, "config.json")
     if os.path.exists(path):
@@ -341,7 +341,7 @@ def spec(bundle: str, rootfs: str) -> None:
 @cli.command()
 def features() -> None:
     """What this runtime supports, as runtime-spec's features JSON."""
-    from . import bundle as B
+    from isolate.oci import bundle as B
 
     click.echo(json.dumps({
         "ociVersionMin": "1.0.0",
@@ -368,7 +368,7 @@ def features() -> None:
 
 
 def _caps() -> list[str]:
-    from ..security import CAPS
+    from isolate.plan.security import CAPS
 
     return CAPS
 
@@ -392,7 +392,7 @@ def main() -> None:
         # string where a number goes): one line for the engine's log, not a traceback.
         _fail(f"invalid runtime-spec input: {type(exc).__name__}: {exc}; check config.json against runtime-spec")
     finally:
-        from .runtime import _warnings
+        from isolate.oci.runtime import _warnings
 
         for message in _warnings:
             _Log.write("warning", message)

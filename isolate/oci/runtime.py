@@ -15,11 +15,12 @@ import json
 import os
 import time
 
-from .. import _libc, state
-from ..errors import ConfigError, IsolateError
-from . import bundle as B
-from . import cgroup as C
-from . import hooks as H
+from isolate import _libc
+from isolate import _state as state
+from isolate.errors import ConfigError, IsolateError
+from isolate.oci import bundle as B
+from isolate.oci import cgroup as C
+from isolate.oci import hooks as H
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ class Runtime:
                no_pivot: bool = False, preserve_fds: int = 0, detach_stdio: bool = False) -> int:  # fmt: skip
         """Build the container and leave its process waiting for ``start``; returns its pid."""
         if os.geteuid() != 0:
-            from ..errors import NotRootError
+            from isolate.errors import NotRootError
 
             raise NotRootError("isolate-oci must run as root (rootless containers are not supported yet)")
         bundle = os.path.abspath(bundle)
@@ -309,7 +310,7 @@ def _rfc3339(when: float) -> str:
 def _seccomp(root: str, doc: dict[str, Any] | None) -> bytes | None:
     if not doc:
         return None
-    from .. import seccomp
+    from isolate.plan import seccomp
 
     if doc.get("listenerPath"):
         raise ConfigError("linux.seccomp.listenerPath: seccomp user notification is not supported")
@@ -401,7 +402,7 @@ def _launch(plan: B.OciPlan, errr: int, errw: int, gor: int, gow: int, preserve_
             pass
         raise
     if report:
-        from ..spawn import _decode_failure
+        from isolate.process.spawn import _decode_failure
 
         raise _decode_failure(report)
     raise IsolateError("the container's process exited during setup without a report")
@@ -420,8 +421,8 @@ def _child(plan: B.OciPlan, errr: int, gow: int, preserve_fds: int) -> None:
     """The container's first process.  Never returns: execs the command or exits."""
     import gc
 
-    from ..spawn import _exec, _report
-    from .steps import _ExecLookupError
+    from isolate.oci.steps import _ExecLookupError
+    from isolate.process.spawn import _exec, _report
 
     errw = next(s.errw for s in plan.steps if hasattr(s, "errw"))  # type: ignore[attr-defined]
     step = None

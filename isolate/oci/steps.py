@@ -12,9 +12,9 @@ import os
 import stat
 import termios
 
-from .. import _libc
-from ..security import CAP_NUMBER
-from ..spec import Step, _q, resolve_in_root
+from isolate import _libc
+from isolate.plan.security import CAP_NUMBER
+from isolate.plan.steps import Step, _q, resolve_in_root
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -289,7 +289,7 @@ class MaskedPath(Step):
         return f"mount --bind /dev/null {_q(self.path)}  # or a read-only tmpfs over a directory"
 
 
-from ..terminal import open_pty_pair  # noqa: E402 - shared with isolate run -it
+from isolate.process.terminal import open_pty_pair  # noqa: E402 - shared with isolate run -it
 
 
 class Console(Step):

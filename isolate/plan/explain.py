@@ -1,6 +1,6 @@
 """``--explain``: the plan of a run as the shell commands that do the same by hand.
 
-It prints the very Plan the runtime executes (planner.build_plan): the parent's cgroup
+It prints the very Plan the runtime executes (builder.build_plan): the parent's cgroup
 work first (directories made, each file written with its value and what it means), then
 the child's namespaces and steps in order, down to the exec.  ``--dry-run`` stops there.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import shlex
 
-from .limits import CGROUP_FILES
-from .spec import Plan
+from isolate.limits import CGROUP_FILES
+from isolate.plan.steps import Plan
 
 # file name -> the limit it carries, for the comment after each write
 _MEANING = {
@@ -42,7 +42,7 @@ def explain(plan: Plan) -> list[str]:
     """Every command of the run, in order, as lines of shell."""
     lines = [f"# sandbox {plan.sandbox_id}: the parent"]
     if plan.cgroup_version:
-        from . import cgroups
+        from isolate import cgroups
 
         backend = cgroups.backend()
         group = cgroups.open_cgroup(plan.cgroup_version, plan.cgroup_dirs)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from .errors import ConfigError, IsolateError
-from .result import RunResult, meta_lines
+from isolate.errors import ConfigError, IsolateError
+from isolate.result import RunResult, meta_lines
 
 
 def parse_duration(text: str) -> float:
@@ -28,9 +28,9 @@ def parse_duration(text: str) -> float:
 
 def execute_run(opts: dict[str, object], command: list[str]) -> int:
     """Run and report; returns the exit status for the shell (docker's conventions)."""
-    from . import Sandbox
-    from .config import parse_env
-    from .limits import Limits
+    from isolate import Sandbox
+    from isolate.config import parse_env
+    from isolate.limits import Limits
 
     def text(name: str) -> str | None:
         value = opts.get(name)
@@ -88,7 +88,7 @@ def execute_run(opts: dict[str, object], command: list[str]) -> int:
         detach = bool(opts.get("detach"))
         sandbox.config.init = bool(opts.get("init")) or (detach and not opts.get("no_init"))
         if detach:
-            from .lifecycle import start_detached
+            from isolate.detached.lifecycle import start_detached
 
             if opts.get("tty"):
                 raise ConfigError("-d with -t: a detached sandbox has no terminal; drop -t (isolate logs shows output)")
@@ -98,7 +98,7 @@ def execute_run(opts: dict[str, object], command: list[str]) -> int:
             raise ConfigError("--name names a detached sandbox: add -d")
         plan = sandbox.plan(command)
         if opts.get("explain") or opts.get("dry_run"):
-            from .explain import explain
+            from isolate.plan.explain import explain
 
             print("\n".join(explain(plan)), file=sys.stderr if not opts.get("dry_run") else sys.stdout)
             if opts.get("dry_run"):

@@ -13,9 +13,9 @@ import gc
 import os
 import select
 
-from . import _libc
-from .errors import CommandNotExecutableError, CommandNotFoundError, SetupError
-from .spec import AwaitCgroup, JoinCgroup, Plan, UnshareCgroupNamespace
+from isolate import _libc
+from isolate.errors import CommandNotExecutableError, CommandNotFoundError, SetupError
+from isolate.plan.steps import AwaitCgroup, JoinCgroup, Plan, UnshareCgroupNamespace
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def begin(plan: Plan, stdio: tuple[int, int, int], meanwhile: Callable[[], None]
     """Clone the child and let it build its root: (pid, read end of its error pipe)."""
     awaits = [step for step in plan.steps if isinstance(step, AwaitCgroup)]
     if plan.init:
-        from . import init  # noqa: F401  (the child cannot import: it may be past pivot_root soon)
+        from isolate.process import init  # noqa: F401  (the child cannot import: it may be past pivot_root soon)
     errr, errw = os.pipe2(os.O_CLOEXEC)
     gor, gow = os.pipe2(os.O_CLOEXEC) if plan.userns or awaits or meanwhile else (-1, -1)
     for step in awaits:
@@ -173,7 +173,7 @@ def _map_ids(pid: int, maps: list[tuple[int, int, int]]) -> None:
             args += [str(inside), str(own if inside == 0 else outside), str(count)]
         done = subprocess.run([tool, *args], capture_output=True, text=True)
         if done.returncode != 0:
-            from .errors import HostSupportError
+            from isolate.errors import HostSupportError
 
             raise HostSupportError(f"{tool} failed: {done.stderr.strip()}; check /etc/subuid and /etc/subgid")
 
@@ -268,7 +268,7 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: i
                     os.write(plan.trace_fd, (step.shell(plan.root) + "\n").encode())
                 first += 1
             step = None
-            from .init import become_init  # loaded by begin(): here it is only looked up
+            from isolate.process.init import become_init  # loaded by begin(): here it is only looked up
 
             worker = os.fork()
             if worker != 0:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 
-from . import cgroups, state
-from .cgroups.base import DEFAULT_PARENT
+from isolate import _state as state
+from isolate import cgroups
+from isolate.cgroups.base import DEFAULT_PARENT
 
 
 def collect_sandbox(state_dir: str, record: dict[str, object]) -> list[str]:
@@ -37,7 +38,7 @@ def collect_sandbox(state_dir: str, record: dict[str, object]) -> list[str]:
 
 def collect(state_dir: str, parent: str = DEFAULT_PARENT) -> list[str]:
     """Remove leftovers; returns a line for each thing removed."""
-    from .lifecycle import status_of
+    from isolate.detached.lifecycle import status_of
 
     removed: list[str] = []
     for record in state.all_records(state_dir):
@@ -64,8 +65,8 @@ def collect(state_dir: str, parent: str = DEFAULT_PARENT) -> list[str]:
         group.kill_all()
         group.remove()
         removed += [f"cgroup {d}" for d in sorted(dirs.values())]
-    from .lifecycle import monitor_alive
-    from .monitor import socket_path
+    from isolate.detached.lifecycle import monitor_alive
+    from isolate.detached.monitor import socket_path
 
     if os.path.exists(socket_path(state_dir)) and not monitor_alive(state_dir):
         os.unlink(socket_path(state_dir))  # its monitor was killed; the next `run -d` starts one

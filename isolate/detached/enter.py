@@ -14,9 +14,11 @@ from __future__ import annotations
 import _signal as signal
 import os
 
-from . import _libc, spawn, state
-from .errors import ConfigError
-from .spec import JoinCgroup
+from isolate import _libc
+from isolate import _state as state
+from isolate.errors import ConfigError
+from isolate.plan.steps import JoinCgroup
+from isolate.process import spawn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -39,7 +41,7 @@ class _Target:
 def prepare(record: dict[str, Any], argv: list[str], env: dict[str, str] | None = None,
             user: tuple[int, int] | None = None, workdir: str | None = None, tty: bool = False) -> Any:  # fmt: skip
     """Open the sandbox's namespaces now, while its pid is known to be it; returns a launcher."""
-    from .lifecycle import status_of
+    from isolate.detached.lifecycle import status_of
 
     if status_of(record) != "running":
         raise ConfigError(f"{record['name']}: cannot exec: the sandbox is {status_of(record)}")
@@ -62,7 +64,7 @@ def prepare(record: dict[str, Any], argv: list[str], env: dict[str, str] | None 
         for fd in fds:
             os.close(fd)
         raise
-    from .cgroups.base import join_files
+    from isolate.cgroups.base import join_files
 
     dirs = {k: str(v) for k, v in (record.get("cgroup_dirs") or {}).items()}
     joins = join_files(str(record.get("cgroup_version")), dirs) if dirs else []
@@ -73,9 +75,9 @@ def prepare(record: dict[str, Any], argv: list[str], env: dict[str, str] | None 
         fds, joins, _Target(list(argv), full_env), user or (tuple(sandbox_user) if sandbox_user else None),
         workdir or str(record.get("workdir") or "/"), tty,
     )  # fmt: skip
-    # The sandbox's defences, in the same order as its own setup (planner.build_plan).
-    from .seccomp import LoadSeccomp
-    from .security import DropCapabilities
+    # The sandbox's defences, in the same order as its own setup (builder.build_plan).
+    from isolate.plan.seccomp import LoadSeccomp
+    from isolate.plan.security import DropCapabilities
 
     if record.get("caps") is not None:
         launcher.drop_caps = DropCapabilities(list(record["caps"]), int(record["cap_last"]))
@@ -102,7 +104,7 @@ class _Launcher:
     def start(self, stdio: tuple[int, int, int]) -> int:
         """Fork the entering child; returns its pid once the command was exec'd (or raises)."""
         if self.tty:
-            from .terminal import terminal_size
+            from isolate.process.terminal import terminal_size
 
             self.size = terminal_size()  # the caller's: stdin is about to be a socket
         errr, errw = os.pipe2(os.O_CLOEXEC)
@@ -140,7 +142,7 @@ class _Launcher:
                 os.setsid()
                 spawn._setup_stdio(stdio)
                 if self.tty:  # stdin is a socket to isolate: the pty comes from the sandbox's devpts
-                    from .terminal import TerminalFromSandbox
+                    from isolate.process.terminal import TerminalFromSandbox
 
                     TerminalFromSandbox(self.user[0] if self.user else 0, *self.size).apply("/")
                 for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):

@@ -5,15 +5,16 @@ from __future__ import annotations
 import _signal as signal  # not "signal": it imports enum, slow at start-up
 import os
 
-from . import spawn, state
-from .spec import AwaitCgroup, Plan
+from isolate import _state as state
+from isolate.plan.steps import AwaitCgroup, Plan
+from isolate.process import spawn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
     from collections.abc import Callable
 
-    from .cgroups import Cgroup
+    from isolate.cgroups import Cgroup
 
 # (wait status, user seconds, system seconds, cgroup stats as a dict or None)
 Finished = tuple[int, float, float, "dict[str, float | int | None] | None"]
@@ -167,7 +168,7 @@ def _begin_from_zygote(plan: Plan, fds: list[int], spare: bool, meanwhile: Calla
     ``fds`` go to the child after its error and cgroup pipes (zygote.Zygote.clone); returns its
     pid and the read end of its error pipe, once ``meanwhile`` let it past AwaitCgroup.
     """
-    from . import zygote
+    from isolate.process import zygote
 
     errr, errw = os.pipe2(os.O_CLOEXEC)
     gor, gow = os.pipe2(os.O_CLOEXEC)
@@ -265,18 +266,18 @@ class Spare:
 def _create_cgroup(plan: Plan) -> Cgroup | None:
     if plan.cgroup_version is None:
         return None
-    from . import cgroups
+    from isolate import cgroups
 
     backend = cgroups.backend()
     if backend is None or backend.version != plan.cgroup_version:  # type: ignore[attr-defined]
-        from .errors import HostSupportError
+        from isolate.errors import HostSupportError
 
         raise HostSupportError("the cgroup layout changed while isolate was running; see isolate doctor")
     group, writes = backend.create(  # type: ignore[attr-defined]
         plan.sandbox_id, plan.cgroup_parent, plan.limits, plan.share_pid
     )
     if plan.trace_fd >= 0:  # what was really done, to compare with --explain (tests do)
-        from .explain import cgroup_lines
+        from isolate.plan.explain import cgroup_lines
 
         os.write(plan.trace_fd, "".join(line + "\n" for line in cgroup_lines(plan, writes)).encode())
     return group  # type: ignore[no-any-return]

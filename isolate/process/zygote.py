@@ -22,13 +22,13 @@ import os
 import pickle
 import socket
 
-from . import _libc
+from isolate import _libc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .spec import Plan
+    from isolate.plan.steps import Plan
 
 NAME = b"isolate-zygote"  # its comm, as ps shows it
 _MAX_PLAN = 1 << 22
@@ -89,7 +89,7 @@ class Zygote:
     def _message(self, plan: Plan, spare: bool, resend: bool) -> bytes:
         """The request: a header the zygote reads (kind, clone flags, init), then the plan.
 
-        A spare's plan made from a template (planner.next_plan) goes as the template's token
+        A spare's plan made from a template (builder.next_plan) goes as the template's token
         and the run's identity; the template itself goes along the first time (or again,
         ``resend``, when the zygote dropped it).  The child makes its plan (see _start).
         """
@@ -216,7 +216,9 @@ def _serve(fd: int, parent: int) -> None:
     """The zygote's loop: clone each plan it receives as a child of its own parent."""
     import gc
 
-    from . import spawn, spec  # noqa: F401  (loaded once here, not in every child: see _start)
+    # loaded once here, not in every child: see _start
+    from isolate.plan import steps as spec  # noqa: F401
+    from isolate.process import spawn  # noqa: F401
 
     _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
@@ -240,7 +242,7 @@ def _serve(fd: int, parent: int) -> None:
     # it shares with the caller.
     gc.disable()
     sock = socket.socket(fileno=fd)
-    templates: dict[bytes, Plan] = {}  # token: a template's plan (planner.Template), oldest first
+    templates: dict[bytes, Plan] = {}  # token: a template's plan (builder.Template), oldest first
     while True:
         try:
             message, fds, _, _ = socket.recv_fds(sock, _MAX_PLAN, 5)
@@ -263,7 +265,7 @@ def _serve(fd: int, parent: int) -> None:
                         del templates[next(iter(templates))]
                 template = templates.get(token)
             if message[9:10] == b"1":
-                from . import init  # noqa: F401  (loaded once here, not in every child)
+                from isolate.process import init  # noqa: F401  (loaded once here, not in every child)
             if message[:1] == b"T" and template is None:
                 reply = b"miss"
             else:
@@ -291,8 +293,8 @@ def _start(message: bytes, spare: bool, errw: int, gor: int, rest: list[int], te
     plan.  A plan made from a template (kept by the zygote, unpickled once) costs the child
     only a copy of the few steps that differ (Plan.with_identity): about 0.5 ms less.
     """
-    from .spawn import _child, _report
-    from .spec import AwaitCgroup
+    from isolate.plan.steps import AwaitCgroup
+    from isolate.process.spawn import _child, _report
 
     try:
         if template is not None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 
-from . import _libc
-from .errors import ConfigError
-from .spec import Mount, Step, _q
+from isolate import _libc
+from isolate.errors import ConfigError
+from isolate.plan.steps import Mount, Step, _q
 
 CAPS = [
     "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
@@ -197,7 +197,7 @@ class MaskPath(Step):
         self.null = null
 
     def apply(self, root: str) -> None:
-        from .spec import resolve_in_root
+        from isolate.plan.steps import resolve_in_root
 
         try:
             target = resolve_in_root(root, self.path)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 
-from . import _libc as L
-from .config import Tmpfs, Volume
-from .errors import ConfigError
-from .spec import MakeDevice, Mount, RemountReadOnly, Step, Symlink
+from isolate import _libc as L
+from isolate.config import Tmpfs, Volume
+from isolate.errors import ConfigError
+from isolate.plan.steps import MakeDevice, Mount, RemountReadOnly, Step, Symlink
 
 _KERNEL_FS = L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC
 
@@ -113,7 +113,7 @@ def cgroup_steps(version: str, dirs: dict[str, str]) -> list[Step]:
     ro = _KERNEL_FS | L.MS_RDONLY
     if version == "v2":
         return [Mount("cgroup2", "/sys/fs/cgroup", "cgroup2", ro)]
-    from .cgroups import layout
+    from isolate.cgroups import layout
 
     options = layout().v1_options
     steps: list[Step] = [Mount("tmpfs", "/sys/fs/cgroup", "tmpfs", _KERNEL_FS, "mode=755")]

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
-from . import _libc as L
-from .errors import ConfigError, HostSupportError
-from .spec import MakeDir, Mount, Step, Symlink
+from isolate import _libc as L
+from isolate.errors import ConfigError, HostSupportError
+from isolate.plan.steps import MakeDir, Mount, Step, Symlink
 
 HOST_DIRS = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"]
 # What programs read from /etc to start and resolve names; not shadow, not ssh keys.

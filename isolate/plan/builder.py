@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-from . import _libc as L
-from . import mounts, overlay, rootfs, security
-from .config import DEFAULT_PATH, SandboxConfig
-from .errors import HostSupportError
-from .seccomp import LoadSeccomp
-from .spec import (
+from isolate import _libc as L
+from isolate.config import DEFAULT_PATH, SandboxConfig
+from isolate.errors import HostSupportError
+from isolate.plan import mounts, overlay, rootfs, security
+from isolate.plan.seccomp import LoadSeccomp
+from isolate.plan.steps import (
     AwaitCgroup,
     Chdir,
     Chroot,
@@ -73,9 +73,9 @@ class _ImageSettings:
 
 def _image_settings(config: SandboxConfig, argv: list[str]) -> _ImageSettings:
     """An image's layers and the parts of its config a run uses (docker's rules)."""
-    from .errors import ConfigError
-    from .images import ImageStore
-    from .images.users import resolve_user
+    from isolate.errors import ConfigError
+    from isolate.images import ImageStore
+    from isolate.images.users import resolve_user
 
     store = ImageStore(config.image_root)
     image = store.get(config.image or "")
@@ -101,7 +101,7 @@ def cgroup_dirs(config: SandboxConfig, sandbox_id: str) -> tuple[str | None, dic
         if needed:
             raise HostSupportError("limits need a cgroup: drop cgroups=False (--no-cgroup)")
         return None, {}
-    from . import cgroups
+    from isolate import cgroups
 
     backend = cgroups.backend()
     if backend is None:
@@ -154,7 +154,7 @@ def id_maps() -> list[tuple[int, int, int]]:
 def _seccomp_program(config: SandboxConfig) -> bytes | None:
     if config.privileged or config.seccomp == "unconfined":
         return None
-    from . import seccomp
+    from isolate.plan import seccomp
 
     if config.seccomp == "default":
         profile = seccomp.DEFAULT_PROFILE
@@ -190,7 +190,7 @@ def next_plan(template: Template, config: SandboxConfig, sandbox_id: str) -> Pla
     version, dirs = cgroup_dirs(config, sandbox_id)
     files: list[str] = []
     if version is not None:
-        from .cgroups.base import join_files
+        from isolate.cgroups.base import join_files
 
         files = join_files(version, dirs)
     plan = template.plan.with_identity((sandbox_id, dirs, files))
@@ -222,7 +222,7 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
         # The parent makes the cgroup while the child mounts the root; the child then joins
         # before anything of the command's runs (and before isolate's init forks).  In a user
         # namespace the cgroup's files are the host root's: the parent moves the child.
-        from .cgroups.base import join_files
+        from isolate.cgroups.base import join_files
 
         if userns is None:
             join = [AwaitCgroup(), JoinCgroup(join_files(version, dirs)), UnshareCgroupNamespace()]

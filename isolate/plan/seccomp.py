@@ -19,9 +19,9 @@ import ctypes
 import errno
 import os
 
-from . import _libc
-from .errors import ConfigError
-from .spec import Step
+from isolate import _libc
+from isolate.errors import ConfigError
+from isolate.plan.steps import Step
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def compile_profile(profile: dict[str, Any]) -> bytes:
     try:
         import pyseccomp as sc
     except (ImportError, OSError) as exc:  # pyseccomp raises when libseccomp.so.2 is missing
-        from .errors import HostSupportError
+        from isolate.errors import HostSupportError
 
         raise HostSupportError(
             f"seccomp needs libseccomp (apt-get install libseccomp2) and pyseccomp ({exc}); "

@@ -61,7 +61,7 @@ def become_init(command: int, errw: int) -> NoReturn:
 
 
 def _set_name(name: bytes) -> None:
-    from . import _libc
+    from isolate import _libc
 
     try:
         _libc.prctl_set_name(name)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import time
 
-from .cgroups import open_cgroup
-from .cgroups.base import read, read_keyed
+from isolate.cgroups import open_cgroup
+from isolate.cgroups.base import read, read_keyed
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -77,8 +77,8 @@ def run_checks() -> list[Check]:
 
 
 def _try_sandbox() -> Check:
-    from . import Sandbox
-    from .errors import IsolateError
+    from isolate import Sandbox
+    from isolate.errors import IsolateError
 
     try:
         start = time.perf_counter()
@@ -115,7 +115,7 @@ def print_report(checks: list[Check], as_json: bool) -> None:
 
 
 def _cgroup_check() -> Check:
-    from . import cgroups
+    from isolate import cgroups
 
     lay = cgroups.layout()
     backend = cgroups.backend(lay)
@@ -136,7 +136,7 @@ def _cgroup_check() -> Check:
 
 def _defence_checks() -> list[Check]:
     """Which of the default defences this host can give (security.py, seccomp.py)."""
-    from .security import CAPS, DEFAULT_CAPS
+    from isolate.plan.security import CAPS, DEFAULT_CAPS
 
     checks = []
     with open("/proc/self/status") as f:
@@ -150,8 +150,8 @@ def _defence_checks() -> list[Check]:
     checks.append(Check("capabilities", not default_missing, detail,
                         f"the default set needs {', '.join(default_missing)}", required=False))  # fmt: skip
     try:
-        from . import seccomp
-        from .config import default_state_dir
+        from isolate.config import default_state_dir
+        from isolate.plan import seccomp
 
         path = seccomp.cached_program(default_state_dir(), seccomp.DEFAULT_PROFILE)
         checks.append(

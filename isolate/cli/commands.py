@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .cli_options import RUN_OPTIONS
+from isolate import __version__
+from isolate.cli.options import RUN_OPTIONS
 
 
 def _run_command() -> click.Command:
@@ -26,7 +26,7 @@ def _run_command() -> click.Command:
     params.append(click.Argument(["command"], nargs=-1, type=click.UNPROCESSED))
 
     def callback(command: tuple[str, ...], **opts: Any) -> None:
-        from .cli_run import execute_run
+        from isolate.cli.run import execute_run
 
         sys.exit(execute_run(opts, list(command)))
 
@@ -56,7 +56,7 @@ cli.add_command(_run_command())
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 def doctor(as_json: bool) -> None:
     """Check this host: privileges, kernel, namespaces, overlayfs, cgroup layout."""
-    from .doctor import print_report, run_checks
+    from isolate.cli.doctor import print_report, run_checks
 
     checks = run_checks()
     print_report(checks, as_json)
@@ -68,8 +68,8 @@ def doctor(as_json: bool) -> None:
 def gc(cgroup_parent: str) -> None:
     """Remove what crashed or killed isolate processes left: their cgroups and lock files."""
 
-    from .config import default_state_dir
-    from .gc import collect
+    from isolate.config import default_state_dir
+    from isolate.detached.gc import collect
 
     for line in collect(default_state_dir(), cgroup_parent):
         click.echo(f"removed {line}")
@@ -81,7 +81,7 @@ def gc(cgroup_parent: str) -> None:
 @click.pass_context
 def image(ctx: click.Context, root: str | None) -> None:
     """Images: import (OCI and docker archives, rootfs tarballs), list, inspect, export, remove."""
-    from .images import ImageStore
+    from isolate.images import ImageStore
 
     ctx.obj = ImageStore(root)
 
@@ -113,7 +113,7 @@ def _progress() -> Any:
 @click.pass_obj
 def image_import(store: Any, path: str, name: str | None) -> None:
     """Import an OCI layout (directory or archive), a docker archive or a root filesystem tarball."""
-    from .images.formats import import_path
+    from isolate.images.formats import import_path
 
     for img in import_path(store, path, name, _progress()):
         click.echo(f"{img.id}  {' '.join(img.names) or '<none>'}  {len(img.layers)} layers")
@@ -175,7 +175,7 @@ def image_prune(store: Any) -> None:
 @click.pass_obj
 def image_build_busybox(store: Any, name: str) -> None:
     """Make an image from Debian's busybox-static (no network)."""
-    from .images.formats import build_busybox
+    from isolate.images.formats import build_busybox
 
     img = build_busybox(store, name)
     click.echo(f"{img.id}  {' '.join(img.names)}")
@@ -187,7 +187,7 @@ def image_build_busybox(store: Any, name: str) -> None:
 @click.pass_obj
 def image_from_dir(store: Any, directory: str, name: str) -> None:
     """Make a one-layer image of a root filesystem directory."""
-    from .images.formats import import_directory
+    from isolate.images.formats import import_directory
 
     img = import_directory(store, directory, name)
     click.echo(f"{img.id}  {' '.join(img.names)}")
@@ -199,14 +199,14 @@ def image_from_dir(store: Any, directory: str, name: str) -> None:
 @click.pass_obj
 def image_export(store: Any, name: str, out: str) -> None:
     """Write an image as an OCI archive (podman load, skopeo copy oci-archive:...)."""
-    from .images.export import export_oci
+    from isolate.images.export import export_oci
 
     click.echo(export_oci(store, name, out))
 
 
 def _state_dir() -> str:
 
-    from .config import default_state_dir
+    from isolate.config import default_state_dir
 
     return default_state_dir()
 
@@ -227,9 +227,9 @@ def ps_command(show_all: bool, as_json: bool) -> None:
     import json
     import time
 
-    from . import state
-    from .lifecycle import status_of
-    from .stats import memory_current
+    from isolate import _state as state
+    from isolate.detached.lifecycle import status_of
+    from isolate.detached.stats import memory_current
 
     rows: list[dict[str, Any]] = []
     for record in state.all_records(_state_dir()):
@@ -271,9 +271,9 @@ def exec_command(interactive: bool, tty: bool, env: tuple[str, ...], user: str |
     """Run COMMAND inside running sandbox NAME: same namespaces, root, cgroup and limits."""
     import os
 
-    from . import enter
-    from .config import parse_env, parse_user
-    from .lifecycle import find
+    from isolate.config import parse_env, parse_user
+    from isolate.detached import enter
+    from isolate.detached.lifecycle import find
 
     record = find(_state_dir(), name)
     launcher = enter.prepare(record, list(command), parse_env(list(env)), parse_user(user) if user else None,
@@ -295,7 +295,7 @@ def exec_command(interactive: bool, tty: bool, env: tuple[str, ...], user: str |
     try:
         child = launcher.start(stdio)
         if sock is not None:
-            from .terminal import receive_primary
+            from isolate.process.terminal import receive_primary
 
             primary = receive_primary(sock)
     finally:
@@ -306,7 +306,7 @@ def exec_command(interactive: bool, tty: bool, env: tuple[str, ...], user: str |
     pidfd = os.pidfd_open(child)
     try:
         if primary >= 0:
-            from .terminal import interact
+            from isolate.process.terminal import interact
 
             interact(primary, pidfd)
         import signal as signal_module
@@ -329,8 +329,8 @@ def exec_command(interactive: bool, tty: bool, env: tuple[str, ...], user: str |
 @click.argument("signal_name", default="KILL", metavar="[SIGNAL]")
 def kill(name: str, signal_name: str) -> None:
     """Send SIGNAL (default KILL) to sandbox NAME's PID 1."""
-    from .lifecycle import kill as kill_sandbox
-    from .lifecycle import parse_signal
+    from isolate.detached.lifecycle import kill as kill_sandbox
+    from isolate.detached.lifecycle import parse_signal
 
     kill_sandbox(_state_dir(), name, parse_signal(signal_name))
 
@@ -340,7 +340,7 @@ def kill(name: str, signal_name: str) -> None:
 @click.argument("names", nargs=-1, required=True)
 def stop(timeout: float, names: tuple[str, ...]) -> None:
     """Stop sandboxes: SIGTERM, then SIGKILL after --time seconds."""
-    from .lifecycle import stop as stop_sandbox
+    from isolate.detached.lifecycle import stop as stop_sandbox
 
     for name in names:
         record = stop_sandbox(_state_dir(), name, timeout)
@@ -352,7 +352,7 @@ def stop(timeout: float, names: tuple[str, ...]) -> None:
 @click.argument("names", nargs=-1, required=True)
 def rm_command(force: bool, names: tuple[str, ...]) -> None:
     """Remove stopped sandboxes (their record and log)."""
-    from .lifecycle import remove
+    from isolate.detached.lifecycle import remove
 
     for name in names:
         click.echo(remove(_state_dir(), name, force))
@@ -366,8 +366,8 @@ def logs(follow: bool, name: str) -> None:
     import os
     import time
 
-    from . import state
-    from .lifecycle import find, status_of
+    from isolate import _state as state
+    from isolate.detached.lifecycle import find, status_of
 
     record = find(_state_dir(), name)
     with open(str(record["log"]), "rb") as f:
@@ -394,7 +394,7 @@ def wait(as_json: bool, name: str) -> None:
     """Wait until sandbox NAME stops; exit with its exit status."""
     import json
 
-    from .lifecycle import wait as wait_sandbox
+    from isolate.detached.lifecycle import wait as wait_sandbox
 
     record = wait_sandbox(_state_dir(), name)
     if as_json:
@@ -412,8 +412,8 @@ def stats(no_stream: bool, as_json: bool, name: str) -> None:
     import json
     import time
 
-    from .lifecycle import find, status_of
-    from .stats import sample
+    from isolate.detached.lifecycle import find, status_of
+    from isolate.detached.stats import sample
 
     record = find(_state_dir(), name)
     previous = None
@@ -445,7 +445,7 @@ def lab() -> None:
 @lab.command("list")
 def lab_list() -> None:
     """List the labs."""
-    from .labs import LABS
+    from isolate.labs import LABS
 
     for item in LABS:
         click.echo(f"{item.number:3}  {item.title}")
@@ -455,7 +455,7 @@ def lab_list() -> None:
 @click.argument("number", type=int)
 def lab_show(number: int) -> None:
     """Print a lab's text and the commands to try."""
-    from .labs import command_line, get
+    from isolate.labs import command_line, get
 
     item = get(number)
     click.echo(f"Lab {item.number}: {item.title}\n\n{item.text}\n\nTry:")
@@ -467,7 +467,7 @@ def lab_show(number: int) -> None:
 @click.argument("number", type=int)
 def lab_run(number: int) -> None:
     """Run a lab's commands and show what each printed."""
-    from .labs import command_line, get, run_demo, unavailable
+    from isolate.labs import command_line, get, run_demo, unavailable
 
     item = get(number)
     reason = unavailable(item)
@@ -486,7 +486,7 @@ def lab_run(number: int) -> None:
 @click.argument("number", type=int)
 def lab_check(number: int) -> None:
     """Run a lab again and check that the system does what the lab says; exit 1 if not."""
-    from .labs import command_line, get, run_demo, unavailable
+    from isolate.labs import command_line, get, run_demo, unavailable
 
     item = get(number)
     reason = unavailable(item)
@@ -513,8 +513,8 @@ def net() -> None:
 @click.argument("second")
 def net_connect(subnet: str, first: str, second: str) -> None:
     """Join two running sandboxes with a veth pair; print their addresses."""
-    from .lifecycle import find
-    from .network import connect
+    from isolate.detached.lifecycle import find
+    from isolate.detached.network import connect
 
     state_dir = _state_dir()
     a, b = connect(find(state_dir, first), find(state_dir, second), subnet)

@@ -21,12 +21,12 @@ import sys
 import threading
 from typing import Any
 
-from .errors import IsolateError
-from .spec import Plan
+from isolate.errors import IsolateError
+from isolate.plan.steps import Plan
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .supervisor import Finished
+    from isolate.process.supervisor import Finished
 
 _MAX_MSG = 1 << 20
 
@@ -38,7 +38,7 @@ class Helper:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", f"from isolate.helper import serve; serve({theirs.fileno()})"],
+                [sys.executable, "-c", f"from isolate.process.helper import serve; serve({theirs.fileno()})"],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
@@ -110,7 +110,7 @@ class HelperPool:
 
 def serve(fd: int) -> None:
     """The helper's main loop."""
-    from .supervisor import Supervisor
+    from isolate.process.supervisor import Supervisor
 
     sock = socket.socket(fileno=fd)
     supervisor = Supervisor()

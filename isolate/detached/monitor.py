@@ -23,14 +23,14 @@ import select
 import socket
 import time
 
-from . import state
-from .errors import IsolateError
+from isolate import _state as state
+from isolate.errors import IsolateError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from .spec import Plan
+    from isolate.plan.steps import Plan
 
 _MAX_MSG = 1 << 20
 IDLE_EXIT = 1.0  # seconds with nothing running and nobody connected before the monitor exits
@@ -44,8 +44,8 @@ def protocol() -> str:
     """What a client and the monitor must share to hand a sandbox over: isolate's version and
     the fields of a pickled Plan.  A monitor started before isolate was upgraded keeps
     running while its sandboxes do, and a plan pickled by another version may not load there."""
-    from . import __version__
-    from .spec import Plan
+    from isolate import __version__
+    from isolate.plan.steps import Plan
 
     return f"isolate {__version__}, plan fields {','.join(Plan.__slots__)}"
 
@@ -64,7 +64,7 @@ class _Sandbox:
         self.cpu_limit = limits.time if plan.cgroup_version else None
         self.group: Any = None
         if plan.cgroup_version:
-            from .cgroups import open_cgroup
+            from isolate.cgroups import open_cgroup
 
             self.group = open_cgroup(plan.cgroup_version, plan.cgroup_dirs)
         self.reason: str | None = None
@@ -72,8 +72,8 @@ class _Sandbox:
 
 def serve(state_dir: str) -> None:
     """The monitor's main loop (run in a process of its own)."""
-    from .sandbox import build_result
-    from .supervisor import Supervisor
+    from isolate.process.supervisor import Supervisor
+    from isolate.sandbox import build_result
 
     os.makedirs(state_dir, 0o700, exist_ok=True)
     lock = os.open(os.path.join(state_dir, "monitor.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -90,7 +90,7 @@ def serve(state_dir: str) -> None:
     listener.bind(path)
     os.chmod(path, 0o600)
     listener.listen(64)
-    from . import zygote
+    from isolate.process import zygote
 
     zygote.start()  # forked now, while this process is small; it clones every sandbox
     supervisor = Supervisor(zygote=True)
@@ -284,7 +284,7 @@ def _spawn_monitor(state_dir: str) -> None:
     import sys
 
     os.makedirs(state_dir, 0o700, exist_ok=True)
-    code = f"import os\nif os.fork() == 0:\n    from isolate.monitor import serve\n    serve({state_dir!r})\n"
+    code = f"import os\nif os.fork() == 0:\n    from isolate.detached.monitor import serve\n    serve({state_dir!r})\n"
     with open(os.path.join(state_dir, "monitor.log"), "ab") as log:
         launcher = subprocess.Popen(
             [sys.executable, "-c", code],

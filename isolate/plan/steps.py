@@ -12,13 +12,13 @@ import errno
 import os
 import stat
 
-from . import _libc
+from isolate import _libc
 
 TYPE_CHECKING = False  # typing and shlex cost milliseconds to import; shell() is rarely run
 if TYPE_CHECKING:
     from typing import Any
 
-    from .planner import Template
+    from isolate.plan.builder import Template
 
 _MS_NAMES = [
     (_libc.MS_RDONLY, "ro"),
@@ -569,7 +569,7 @@ class Plan:
         self.parent_joins = parent_joins or []  # cgroup files the parent writes the child's pid to
         self.trace_fd = trace_fd  # each step executed is written here as shell (ISOLATE_TRACE)
         self.spare_fd = -1  # a spare's socket: the run's command and stdio come from it (supervisor.Spare)
-        self.template: Template | None = None  # planner.Template this plan was made from (with_identity), in the caller
+        self.template: Template | None = None  # builder.Template this plan was made from (with_identity), in the caller
 
     def identity(self) -> tuple[str, dict[str, str], list[str]]:
         """What tells this plan from another run's of the same configuration: the sandbox id,

@@ -12,14 +12,14 @@ import _signal as signal
 import os
 import time
 
-from . import state
-from .errors import ConfigError
+from isolate import _state as state
+from isolate.errors import ConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from .sandbox import Sandbox
+    from isolate.sandbox import Sandbox
 
 SIGNALS = {
     name: getattr(signal, "SIG" + name)
@@ -81,11 +81,11 @@ def find(state_dir: str, ref: str) -> dict[str, Any]:
 
 def start_detached(sandbox: Sandbox, argv: list[str], name: str | None = None) -> str:
     """Start ``argv`` in the background; returns the sandbox id.  Output goes to its log."""
-    from .monitor import start_detached as hand_over
-    from .sandbox import new_id
+    from isolate.detached.monitor import start_detached as hand_over
+    from isolate.sandbox import new_id
 
     if os.geteuid() != 0:
-        from .errors import NotRootError
+        from isolate.errors import NotRootError
 
         raise NotRootError("must run as root (sudo isolate ...)")
     config = sandbox.config
@@ -243,7 +243,7 @@ def remove(state_dir: str, ref: str, force: bool = False) -> str:
         _kill(record, signal.SIGKILL)
         _wait(state_dir, record, timeout=30)
     if status == "dead":
-        from .gc import collect_sandbox
+        from isolate.detached.gc import collect_sandbox
 
         collect_sandbox(state_dir, record)
     shutil.rmtree(state.record_dir(state_dir, str(record["id"])), ignore_errors=True)
@@ -255,9 +255,9 @@ def logs(state_dir: str, ref: str) -> str:
 
 
 def _defences(plan: Any) -> dict[str, Any]:
-    from .seccomp import LoadSeccomp
-    from .security import DropCapabilities
-    from .spec import NoNewPrivs
+    from isolate.plan.seccomp import LoadSeccomp
+    from isolate.plan.security import DropCapabilities
+    from isolate.plan.steps import NoNewPrivs
 
     found: dict[str, Any] = {"caps": None, "cap_last": None, "seccomp": None, "no_new_privs": False}
     for step in plan.steps:

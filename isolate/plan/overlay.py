@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from .errors import ConfigError
-from .spec import MakeDir, Mount, Step
+from isolate.errors import ConfigError
+from isolate.plan.steps import MakeDir, Mount, Step
 
 
 def stage_steps(stage_dir: str) -> list[Step]:

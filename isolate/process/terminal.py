@@ -18,7 +18,7 @@ import socket
 import struct
 import termios
 
-from .spec import Step
+from isolate.plan.steps import Step
 
 _TIOCGPTN = 0x80045430
 _TIOCSPTLCK = 0x40045431
@@ -83,7 +83,7 @@ def terminal_size() -> tuple[int, int]:
 
 def with_terminal_step(steps: list[Step], uid: int) -> list[Step]:
     """The plan's steps with the terminal's set up right after the root changed."""
-    from .spec import Chroot, PivotRoot
+    from isolate.plan.steps import Chroot, PivotRoot
 
     at = next((i + 1 for i, step in enumerate(steps) if isinstance(step, (PivotRoot, Chroot))), len(steps))
     rows, cols = terminal_size()

@@ -11,8 +11,8 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from . import _libc
-from .errors import ConfigError, HostSupportError
+from isolate import _libc
+from isolate.errors import ConfigError, HostSupportError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def connect(first: dict[str, Any], second: dict[str, Any], subnet: str = "10.213.0.0/30") -> tuple[str, str]:
     """Join two running sandboxes' network namespaces; returns their addresses."""
-    from .lifecycle import status_of
+    from isolate.detached.lifecycle import status_of
 
     for record in (first, second):
         if status_of(record) != "running":
