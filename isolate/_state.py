@@ -146,3 +146,36 @@ def records_lock(state_dir: str) -> int:
     fd = os.open(os.path.join(state_dir, "records.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
+
+
+def status_of(record: dict[str, Any]) -> str:
+    """running, stopped, created, or dead: its process is gone without a recorded exit (a
+    crash of the monitor), or the isolate process that was starting it died first."""
+    status = str(record.get("status", "created"))
+    if status == "running" and not is_alive(record):
+        # Exited: the monitor records how within moments, unless the monitor itself is gone.
+        return "exiting" if monitor_alive(str(record.get("state_dir", ""))) else "dead"
+    if status == "created":
+        creator = record.get("creator")
+        if isinstance(creator, int) and process_start_time(creator) != record.get("creator_start"):
+            return "dead"
+    return status
+
+
+def monitor_alive(state_dir: str) -> bool:
+    """The monitor holds monitor.lock while it runs (see monitor.serve)."""
+    import fcntl
+
+    if not state_dir:
+        return False
+    try:
+        fd = os.open(os.path.join(state_dir, "monitor.lock"), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

@@ -7,6 +7,10 @@ import os
 from isolate.errors import ConfigError
 from isolate.limits import Limits
 
+# Where isolate makes its cgroups, at the root of each hierarchy (as runc and docker's
+# cgroupfs driver do): every sandbox's group is a child of it, and `isolate gc` looks only there.
+DEFAULT_CGROUP_PARENT = "isolate"
+
 NAMESPACES = ("pid", "net", "uts", "ipc", "mount")
 MODES = ("pivot_root", "chroot")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -90,7 +94,7 @@ class SandboxConfig:
         state_dir: str | None = None,
         limits: Limits | None = None,
         cgroups: bool | None = None,
-        cgroup_parent: str = "isolate",
+        cgroup_parent: str = DEFAULT_CGROUP_PARENT,
         image: str | None = None,
         image_root: str | None = None,
         init: bool = False,

@@ -6,10 +6,9 @@ TYPE_CHECKING = False  # typing itself costs milliseconds to import
 if TYPE_CHECKING:
     from typing import Any
 
-# The status words, from best to worst.  "isolate-error" means the command never ran
-# (or could not be exec'd); its exit_code is then 125, 126 or 127.
-STATUSES = ("ok", "nonzero-exit", "signaled", "oom-killed", "timed-out", "isolate-error")
-# The same, in the words of ioi/isolate's meta files and of contest judges.
+# The status words, best first, in the words of ioi/isolate's meta files and of contest
+# judges.  "isolate-error" means the command never ran (or could not be exec'd); its
+# exit_code is then 125, 126 or 127.
 SHORT_STATUS = {"ok": "OK", "nonzero-exit": "RE", "signaled": "SG", "oom-killed": "OOM", "timed-out": "TO",
                 "isolate-error": "XX"}  # fmt: skip
 

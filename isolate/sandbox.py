@@ -6,10 +6,12 @@ import _signal as signal  # not "signal": it imports enum, slow at start-up
 import os
 import time
 
+from isolate.config import DEFAULT_CGROUP_PARENT as DEFAULT_PARENT
 from isolate.config import SandboxConfig, Tmpfs, Volume, parse_user
 from isolate.errors import ConfigError, NotRootError
 from isolate.limits import Limits
-from isolate.plan.builder import Template, build_plan, next_plan
+from isolate.plan.builder import build_plan, next_plan
+from isolate.plan.steps import Template
 from isolate.process import spawn
 from isolate.result import RunResult, status_from_wait
 
@@ -40,8 +42,6 @@ FORWARDED_SIGNALS = (
 HELPER_THRESHOLD = 32 << 20
 # How long a Sandbox makes its spares' plans from one template (Sandbox._next_plan).
 TEMPLATE_SECONDS = 2.0
-
-_pool: Any = None  # HelperPool, made on first use
 
 
 def new_id() -> str:
@@ -111,7 +111,7 @@ class Sandbox:
         state_dir: str | None = None,
         limits: Limits | None = None,
         cgroups: bool | None = None,
-        cgroup_parent: str = "isolate",
+        cgroup_parent: str = DEFAULT_PARENT,
         image: str | None = None,
         image_root: str | None = None,
         cap_add: Iterable[str] = (),
@@ -267,7 +267,7 @@ class Sandbox:
         self._spares.append(spare)
 
     def _next_plan(self, argv: Sequence[str], key: str) -> Plan:
-        """The next spare's plan, made from the last one's (builder.Template) while the
+        """The next spare's plan, made from the last one's (plan.steps.Template) while the
         configuration is the same.  Files the plan was made from (the host image's /etc,
         a seccomp profile) are read again once the template is TEMPLATE_SECONDS old."""
         template = self._template
@@ -324,12 +324,9 @@ class Sandbox:
             from isolate.process.supervisor import Supervisor
 
             return Supervisor(), None
-        global _pool
-        if _pool is None:
-            from isolate.process.helper import make_pool
+        from isolate.process.helper import make_pool
 
-            _pool = make_pool()
-        helper = _pool.acquire()
+        helper = make_pool().acquire()
         return helper, helper
 
 
@@ -392,7 +389,7 @@ def delegated_cgroup_parent() -> str | None:
             return None
     except OSError:
         return None
-    return os.path.join(parent.lstrip("/"), "isolate")
+    return os.path.join(parent.lstrip("/"), DEFAULT_PARENT)
 
 
 def build_result(
@@ -563,8 +560,10 @@ class _Run:
                     os.close(fd)
                 except OSError:
                     pass
-            if self.helper is not None and _pool is not None:
-                _pool.release(self.helper, healthy)
+            if self.helper is not None:
+                from isolate.process.helper import make_pool
+
+                make_pool().release(self.helper, healthy)
         return build_result(
             self.plan, status, utime, stime, stats, wall,
             stdout=out.get("stdout") if capture else None,

@@ -42,13 +42,13 @@ def helper_sockets() -> set[int]:
     """The sockets of idle spawn helpers and of the zygote: kept open on purpose for the next run."""
     from isolate.process import helper, zygote
 
-    pool = helper._the_pool
+    pool = helper.current_pool()
     found = {h.sock.fileno() for h in pool._idle} if pool is not None else set()
     return found | ({zygote.socket_fd()} - {-1})
 
 
 # Made on first use and kept, like /run/runc: the tmpfs mount point and the lock directory.
-PERMANENT = ("mnt", "locks", "sandboxes", "records.lock", "monitor.lock", "monitor.log", "seccomp")
+PERMANENT = ("mnt", "locks", "sandboxes", "records.lock", "monitor.lock", "monitor.start", "monitor.log", "seccomp")
 
 
 def state_entries(state_dir: str = DEFAULT_STATE_DIR) -> set[str]:
@@ -112,7 +112,7 @@ def sandbox_cgroups() -> list[str]:
     lay = cgroups.layout()
     found = []
     for mount in {*lay.v1_mounts.values(), *([lay.v2_mount] if lay.v2_mount else [])}:
-        parent = os.path.join(mount, "isolate")
+        parent = os.path.join(mount, cgroups.DEFAULT_PARENT)
         if os.path.isdir(parent):
             found += [os.path.join(parent, d) for d in os.listdir(parent) if os.path.isdir(os.path.join(parent, d))]
     return sorted(found)
@@ -147,7 +147,7 @@ def no_leaks() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def busybox_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A busybox root filesystem built with isolate's own builder (needs busybox-static)."""
-    from isolate.plan.rootfs import build_busybox_rootfs
+    from isolate.images.busybox import build_busybox_rootfs
 
     dest = tmp_path_factory.mktemp("busybox") / "root"
     build_busybox_rootfs(str(dest))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from isolate.limits import Limits
 
 BACKEND = cgroups.backend()
 pytestmark = pytest.mark.skipif(BACKEND is None, reason="no cgroup hierarchy mounted (isolate doctor)")
-VERSION = getattr(BACKEND, "version", "")
+VERSION = BACKEND.version if BACKEND is not None else ""
 MIB = 1 << 20
 
 
@@ -176,10 +178,87 @@ def test_limits_are_visible_inside_read_only(busybox_root: Path) -> None:
 def test_cgroup_parent_option(busybox_root: Path) -> None:
     lay = cgroups.layout()
     mount = lay.v2_mount if VERSION == "v2" else lay.v1_mounts["memory"]
-    out = Sandbox(busybox_root, cgroup_parent="isolate/custom", cgroups=True).run(["true"])
+    out = Sandbox(busybox_root, cgroup_parent=f"{cgroups.DEFAULT_PARENT}/custom", cgroups=True).run(["true"])
     assert out.ok
-    custom = os.path.join(mount, "isolate", "custom")
+    custom = os.path.join(mount, cgroups.DEFAULT_PARENT, "custom")
     assert os.listdir(custom) == [] or all(not os.path.isdir(os.path.join(custom, d)) for d in os.listdir(custom))
     for m in {*lay.v1_mounts.values(), lay.v2_mount} - {""}:
-        if os.path.isdir(os.path.join(m, "isolate", "custom")):
-            os.rmdir(os.path.join(m, "isolate", "custom"))
+        if os.path.isdir(os.path.join(m, cgroups.DEFAULT_PARENT, "custom")):
+            os.rmdir(os.path.join(m, cgroups.DEFAULT_PARENT, "custom"))
+
+
+def test_group_freezes_signals_kills_and_removes() -> None:
+    """The operations both front ends use (the supervisor, isolate-oci's pause, kill, delete),
+    on a group with three processes that one shell forked."""
+    assert BACKEND is not None
+    sandbox_id = os.urandom(6).hex()
+    # share_pid: v1 joins the freezer hierarchy only when asked (supervisor's share_pid runs).
+    group, _ = BACKEND.create(sandbox_id, cgroups.DEFAULT_PARENT, Limits(), share_pid=True)
+    read_fd, write_fd = os.pipe()
+    shell = subprocess.Popen(
+        ["sh", "-c", "sleep 60 & sleep 60 & echo ready; wait"],
+        stdout=write_fd,
+        preexec_fn=lambda: group.attach(os.getpid()),  # in the group before it forks
+    )
+    os.close(write_fd)
+    try:
+        assert os.read(read_fd, 16) == b"ready\n"
+        pids = group.procs()
+        assert shell.pid in pids and len(pids) == 3
+        group.freeze()
+        assert group.frozen()
+        group.kill_all(signal.SIGTERM)  # a frozen group stays frozen: the signal waits
+        assert group.frozen() and shell.poll() is None
+        group.freeze(False)
+        assert not group.frozen()
+        assert shell.wait(10) == -signal.SIGTERM  # and its two sleeps, signalled too
+        deadline = time.monotonic() + 5
+        while group.procs() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert group.procs() == [] and not any(os.path.exists(f"/proc/{pid}/exe") for pid in pids)
+    finally:
+        group.kill_all()
+        shell.wait(10)
+        os.close(read_fd)
+        group.remove()
+    assert not any(os.path.exists(d) for d in group.dirs.values())
+
+
+def test_sigkill_ends_a_frozen_group() -> None:
+    """A paused container killed (or a group gc finds frozen): v1 delivers no signal to a
+    frozen task until it is thawed, so kill_all thaws after SIGKILL (v2: cgroup.kill)."""
+    assert BACKEND is not None
+    group, _ = BACKEND.create(os.urandom(6).hex(), cgroups.DEFAULT_PARENT, Limits(), share_pid=True)
+    proc = subprocess.Popen(["sleep", "60"], preexec_fn=lambda: group.attach(os.getpid()))
+    try:
+        group.freeze()
+        assert group.frozen()
+        group.kill_all()
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        group.kill_all()
+        proc.wait(10)
+        group.remove()
+
+
+def test_oci_remove_leaves_a_shared_parent_at_once() -> None:
+    """isolate-oci removes what it made: the container's leaf, retried while its processes
+    leave, and a parent only once the last container below it is gone."""
+    from isolate.oci import cgroup as oci_cgroup
+
+    top = f"/{cgroups.DEFAULT_PARENT}/{os.urandom(6).hex()}"
+    version, dirs_a = oci_cgroup.resolve(f"{top}/a", "a", False)
+    made_a = oci_cgroup.create(version, dirs_a, {})
+    _, dirs_b = oci_cgroup.resolve(f"{top}/b", "b", False)
+    made_b = oci_cgroup.create(version, dirs_b, {})
+    try:
+        parents = {os.path.dirname(d) for d in dirs_a.values()}
+        assert parents <= set(made_a) and not parents & set(made_b)
+        started = time.monotonic()
+        oci_cgroup.remove(made_a)  # each parent still holds b: EBUSY, not waited for
+        assert time.monotonic() - started < 0.5
+        assert all(os.path.isdir(p) for p in parents) and not any(os.path.exists(d) for d in dirs_a.values())
+    finally:
+        oci_cgroup.remove(made_b)
+        oci_cgroup.remove(made_a)
+    assert not any(os.path.exists(p) for p in parents)

@@ -123,7 +123,8 @@ def test_the_spare_holds_none_of_the_callers_descriptors(busybox_root: Path) -> 
 
 ZYGOTE_SIGNALS = """
 import os, signal, sys
-from isolate import Sandbox, zygote
+from isolate import Sandbox
+from isolate.process import zygote
 
 def caught(pid):
     with open(f"/proc/{pid}/status") as f:

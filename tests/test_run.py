@@ -93,12 +93,11 @@ def test_spawn_modes(spawn: str, busybox_root: Path) -> None:
 BIG_CALLER = """
 import json, sys, time
 from isolate import Sandbox
-from isolate.sandbox import _pool
 hog = bytearray(%d)
 hog[::4096] = b"x" * len(hog[::4096])
 result = Sandbox(sys.argv[1]).run(["sh", "-c", "echo $$"], capture=True)
-from isolate import sandbox
-print(json.dumps({"out": result.stdout.decode(), "helper": sandbox._pool is not None}))
+from isolate.process import helper
+print(json.dumps({"out": result.stdout.decode(), "helper": helper.current_pool() is not None}))
 """
 
 

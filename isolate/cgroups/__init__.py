@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
-from isolate.cgroups.base import DEFAULT_PARENT, Cgroup, CgroupStats
+from isolate.cgroups.base import DEFAULT_PARENT, Backend, Cgroup, CgroupStats
 
-__all__ = ["DEFAULT_PARENT", "Cgroup", "CgroupStats", "Layout", "layout", "backend", "open_cgroup"]
+__all__ = ["DEFAULT_PARENT", "Backend", "Cgroup", "CgroupStats", "Layout", "layout", "backend", "open_cgroup"]
 
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "blkio", "devices")
 
@@ -75,7 +75,7 @@ def layout(mountinfo: str = "/proc/self/mountinfo") -> Layout:
     return result
 
 
-def backend(lay: Layout | None = None) -> object | None:
+def backend(lay: Layout | None = None) -> Backend | None:
     """A V2Backend or V1Backend for this host, or None when no usable hierarchy is mounted."""
     lay = lay or layout()
     if lay.v2_mount and {"memory", "cpu", "pids"} <= lay.v2_controllers:
@@ -94,7 +94,8 @@ def backend(lay: Layout | None = None) -> object | None:
 
 
 def open_cgroup(version: str, dirs: dict[str, str]) -> Cgroup:
-    """A handle on an existing sandbox cgroup, for reading usage while it runs."""
+    """A handle on an existing group (a sandbox's or an OCI container's), by its recorded
+    version: reading usage while it runs, freezing, killing, removing."""
     if version == "v2":
         from isolate.cgroups.v2 import V2Cgroup
 

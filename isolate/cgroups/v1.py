@@ -1,73 +1,32 @@
 """cgroup v1 (legacy), one hierarchy per controller, through cgroupspy's controllers.
 
-cgroupspy describes each cgroup file as a typed descriptor on a controller class.  It has
-no pids or freezer controller, so they are written here the way its own are.  Its Node and
-Tree classes are not used: Tree walks every hierarchy eagerly and ``cgroupspy.nodes``
-imports logging (13 ms of start-up); a controller only needs a node's ``full_path``.
+Limits and counters go through cgroupspy's typed descriptors (v1_files.py), which a
+V1Backend imports as it is made (sandbox runs: while planning).  A group opened on its own
+(open_cgroup: isolate-oci's state, kill and delete, isolate gc) freezes, kills and removes
+with direct writes and imports cgroupspy only if it sets a limit or reads a counter.
 """
 
 from __future__ import annotations
 
-import _signal as signal  # not "signal": it imports enum (3 ms of every CLI start)
 import os
 import time
 
-from cgroupspy.controllers import Controller, CpuAcctController, CpuController, CpuSetController, MemoryController
-from cgroupspy.interfaces import BaseFileInterface, DictFile, IntegerFile
-
-from isolate.cgroups.base import Cgroup, CgroupStats, make_dir, read, write
+from isolate.cgroups.base import Backend, Cgroup, CgroupStats, make_dir, read, read_keyed, write
 from isolate.errors import HostSupportError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from isolate.limits import Limits
 
 USER_HZ = os.sysconf("SC_CLK_TCK")  # cpuacct.stat counts in USER_HZ ticks
 
 
-class PidsMaxFile(BaseFileInterface):  # type: ignore[misc]
-    """pids.max: a number, or "max" for no limit (read as None, like IntegerFile's -1)."""
-
-    def sanitize_get(self, value: str) -> int | None:
-        return None if value == "max" else int(value)
-
-    def sanitize_set(self, value: int | None) -> str:
-        return "max" if value is None else str(int(value))
-
-
-class PidsController(Controller):  # type: ignore[misc]
-    """pids.max, pids.current, pids.events (Documentation/admin-guide/cgroup-v1/pids.rst)."""
-
-    max = PidsMaxFile("pids.max")
-    current = IntegerFile("pids.current", readonly=True)
-    events = DictFile("pids.events", readonly=True)
-
-
-class FreezerController(Controller):  # type: ignore[misc]
-    """freezer.state: THAWED, FREEZING or FROZEN (cgroup-v1/freezer-subsystem.rst)."""
-
-    state = BaseFileInterface("freezer.state")
-
-
-CONTROLLERS: dict[str, type] = {
-    "memory": MemoryController,
-    "cpu": CpuController,
-    "cpuacct": CpuAcctController,
-    "cpuset": CpuSetController,
-    "pids": PidsController,
-    "freezer": FreezerController,
-}
+# The hierarchies v1_files.CLASSES has a controller class for (limits and counters).
+CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer")
 # Always: what every run reports (peak memory and OOM kills, CPU time, pids.max hits).
 ACCOUNTING = ("memory", "cpuacct", "pids")
-
-
-class _Node:
-    """What a cgroupspy controller needs of a node: the absolute path of the group, as bytes."""
-
-    __slots__ = ("full_path",)
-
-    def __init__(self, path: str) -> None:
-        self.full_path = os.fsencode(path)
 
 
 class V1Cgroup(Cgroup):
@@ -75,7 +34,18 @@ class V1Cgroup(Cgroup):
 
     def __init__(self, dirs: dict[str, str]) -> None:
         super().__init__(dirs)
-        self.ctl = {name: CONTROLLERS[name](_Node(path)) for name, path in dirs.items()}
+        self._ctl: dict[str, Any] | None = None
+
+    @property
+    def ctl(self) -> dict[str, Any]:
+        """controller -> cgroupspy's controller object on this group's directory."""
+        if self._ctl is None:
+            from isolate.cgroups.v1_files import CLASSES, Node
+
+            # An OCI container's group also has hierarchies cgroupspy has no class for
+            # (devices, blkio...): isolate-oci writes those files itself.
+            self._ctl = {name: CLASSES[name](Node(path)) for name, path in self.dirs.items() if name in CLASSES}
+        return self._ctl
 
     def _set(self, controller: str, attr: str, value: object, writes: list[tuple[str, str]]) -> None:
         ctl = self.ctl.get(controller)
@@ -164,7 +134,7 @@ class V1Cgroup(Cgroup):
         values: dict[str, float | int | None] = {}
         if (memory := self.ctl.get("memory")) is not None:
             values["memory_peak"] = memory.max_usage_in_bytes
-            values["oom_kills"] = _keyed(os.path.join(self.dirs["memory"], "memory.oom_control")).get("oom_kill")
+            values["oom_kills"] = read_keyed(os.path.join(self.dirs["memory"], "memory.oom_control")).get("oom_kill")
         if (acct := self.ctl.get("cpuacct")) is not None:
             acct_dir = self.dirs["cpuacct"]
             try:  # nanoseconds (Linux 4.6+); cpuacct.stat counts 10 ms ticks
@@ -182,34 +152,40 @@ class V1Cgroup(Cgroup):
             values["pids_limit_hits"] = pids.events.get("max")
         return CgroupStats(**values)
 
-    def kill_all(self) -> None:
-        # Freeze first, so nothing forks between reading the list and the kills (v1 has no
-        # cgroup.kill); then thaw, so the SIGKILLs are delivered.
-        freezer = self.ctl.get("freezer")
-        procs_dir = self.dirs.get("pids") or self.dirs.get("memory") or next(iter(self.dirs.values()))
-        if freezer is not None:
-            freezer.state = "FROZEN"
-            deadline = time.monotonic() + 1.0
-            while freezer.state.strip() != "FROZEN" and time.monotonic() < deadline:
-                time.sleep(0.001)
+    def can_freeze(self) -> bool:
+        return "freezer" in self.dirs
+
+    def freeze(self, frozen: bool = True, timeout: float = 5.0) -> None:
+        if "freezer" not in self.dirs:
+            raise HostSupportError("freezing needs the freezer cgroup controller, which this host does not mount")
+        state = os.path.join(self.dirs["freezer"], "freezer.state")
+        want = "FROZEN" if frozen else "THAWED"
+        write(state, want)
+        # FREEZING until every task has stopped; writing FROZEN again retries the tasks that
+        # were busy in the kernel the first time (runc does the same).
+        deadline = time.monotonic() + timeout
+        while read(state) != want and time.monotonic() < deadline:
+            if frozen:
+                write(state, want)
+            time.sleep(0.002)
+
+    def frozen(self) -> bool:
         try:
-            for pid in read(os.path.join(procs_dir, "cgroup.procs")).split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        finally:
-            if freezer is not None:
-                freezer.state = "THAWED"
+            return "freezer" in self.dirs and read(os.path.join(self.dirs["freezer"], "freezer.state")) != "THAWED"
+        except OSError:
+            return False
 
 
-class V1Backend:
+class V1Backend(Backend):
     """Sandboxes in ``<mount of each controller>/<parent>/<id>``."""
 
     version = "v1"
 
     def __init__(self, mounts: dict[str, str]) -> None:
         self.mounts = mounts  # controller -> mount point
+        # cgroupspy now, while the run is planned: imported after the clone, as the group is
+        # created, it slows the child it runs beside (docs/performance.md).
+        import isolate.cgroups.v1_files  # noqa: F401
 
     def available(self) -> set[str]:
         return {c for c in self.mounts if c in CONTROLLERS or c == "blkio"}
@@ -236,6 +212,9 @@ class V1Backend:
             c: os.path.join(self.mounts[c], parent.strip("/"), sandbox_id) for c in self.controllers(limits, share_pid)
         }
 
+    def open(self, dirs: dict[str, str]) -> V1Cgroup:
+        return V1Cgroup(dirs)
+
     def create(
         self, sandbox_id: str, parent: str, limits: Limits, share_pid: bool = False
     ) -> tuple[V1Cgroup, list[tuple[str, str]]]:
@@ -247,7 +226,7 @@ class V1Backend:
                 if not os.path.isdir(parent_dir):
                     os.makedirs(parent_dir, 0o755, exist_ok=True)
                     if controller == "cpuset":
-                        _inherit_cpuset(parent_dir)
+                        inherit_cpuset(parent_dir)
                 make_dir(path)
                 made.append(path)
             group = V1Cgroup(dirs)
@@ -261,14 +240,8 @@ class V1Backend:
             raise
 
 
-def _inherit_cpuset(path: str) -> None:
+def inherit_cpuset(path: str) -> None:
     """A new v1 cpuset parent starts empty; give it its own parent's CPUs and memory nodes."""
     up = os.path.dirname(path)
     for name in ("cpuset.cpus", "cpuset.mems"):
         write(os.path.join(path, name), read(os.path.join(up, name)))
-
-
-def _keyed(path: str) -> dict[str, int]:
-    from isolate.cgroups.base import read_keyed
-
-    return read_keyed(path)

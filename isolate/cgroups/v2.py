@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import _signal as signal  # not "signal": it imports enum (3 ms of every CLI start)
 import os
 import time
 
-from isolate.cgroups.base import Cgroup, CgroupStats, make_dir, read, read_keyed, write
+from isolate.cgroups.base import Backend, Cgroup, CgroupStats, make_dir, read, read_keyed, write
 from isolate.errors import HostSupportError
 
 TYPE_CHECKING = False
@@ -37,8 +36,7 @@ class V2Cgroup(Cgroup):
             writes.append(("memory.max", str(limits.memory)))
             # memory.swap.max counts swap alone; --memory-swap is memory plus swap (docker).
             swap = 0 if limits.memory_swap is None else limits.memory_swap - limits.memory
-            parent = os.path.dirname(self.path)
-            if limits.memory_swap is not None or os.path.exists(os.path.join(parent, "memory.swap.max")):
+            if limits.memory_swap is not None or swap_accounted(self.path):
                 writes.append(("memory.swap.max", str(swap)))
         if limits.cpus is not None:
             writes.append(("cpu.max", f"{round(limits.cpus * 100000)} 100000"))
@@ -79,24 +77,33 @@ class V2Cgroup(Cgroup):
             pids_limit_hits=pids_events.get("max"),
         )
 
-    def kill_all(self) -> None:
-        kill_file = os.path.join(self.path, "cgroup.kill")
-        if os.path.exists(kill_file):  # Linux 5.14+: the kernel kills, forks included
-            write(kill_file, 1)
-            return
-        # Older kernels: freeze so nothing forks while we go through the list, then kill.
-        write(os.path.join(self.path, "cgroup.freeze"), 1)
+    def can_freeze(self) -> bool:
+        return True
+
+    def freeze(self, frozen: bool = True, timeout: float = 5.0) -> None:
+        write(os.path.join(self.path, "cgroup.freeze"), 1 if frozen else 0)
+        # The write starts it; cgroup.events says when every process has stopped (or resumed).
+        want = f"frozen {1 if frozen else 0}"
+        events = os.path.join(self.path, "cgroup.events")
+        deadline = time.monotonic() + timeout
+        while want not in read(events) and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    def frozen(self) -> bool:
         try:
-            for pid in read(os.path.join(self.path, "cgroup.procs")).split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        finally:
-            write(os.path.join(self.path, "cgroup.freeze"), 0)
+            return read(os.path.join(self.path, "cgroup.freeze")) == "1"
+        except OSError:
+            return False
+
+    def _kernel_kill(self) -> bool:
+        kill_file = os.path.join(self.path, "cgroup.kill")
+        if not os.path.exists(kill_file):  # Linux 5.14+: the kernel kills, forks included
+            return False
+        write(kill_file, 1)
+        return True
 
 
-class V2Backend:
+class V2Backend(Backend):
     """Sandboxes in ``<mount>/<parent>/<id>``; controllers enabled in the parent's subtree_control."""
 
     version = "v2"
@@ -110,8 +117,12 @@ class V2Backend:
         except OSError:
             return set()
 
-    def dirs(self, sandbox_id: str, parent: str) -> dict[str, str]:
+    def dirs(self, sandbox_id: str, parent: str, limits: Limits, share_pid: bool = False) -> dict[str, str]:
+        # One directory whatever the limits: the controllers are chosen in subtree_control.
         return {"unified": os.path.join(self.mount, parent.strip("/"), sandbox_id)}
+
+    def open(self, dirs: dict[str, str]) -> V2Cgroup:
+        return V2Cgroup(dirs)
 
     def create(
         self, sandbox_id: str, parent: str, limits: Limits, share_pid: bool = False
@@ -121,7 +132,7 @@ class V2Backend:
         wanted = _controllers_for(limits)
         needed |= wanted
         self._prepare_parent(parent_dir, needed, wanted)
-        group = V2Cgroup(self.dirs(sandbox_id, parent))
+        group = V2Cgroup(self.dirs(sandbox_id, parent, limits))
         make_dir(group.path)
         try:
             writes = group.apply(limits)
@@ -154,6 +165,44 @@ class V2Backend:
             up = level
 
 
+def swap_accounted(group_dir: str) -> bool:
+    """Whether the kernel accounts swap per cgroup: then every group below the root that has
+    the memory controller has memory.swap.max.
+
+    Asked of a group that exists before this run makes any, not of the sandbox's parent
+    alone: the first run after boot makes that parent, and the answer must not change with
+    it (--explain, printed before the run, lists the writes the run makes; every run of the
+    same options gets the same limits).  The root never has the file (CFTYPE_NOT_ON_ROOT).
+    """
+    top = ""
+    level = os.path.dirname(group_dir)
+    while True:  # the parent (if made already) and its ancestors, up to the hierarchy's root
+        if os.path.exists(os.path.join(level, "memory.max")):
+            return os.path.exists(os.path.join(level, "memory.swap.max"))
+        if os.path.exists(os.path.join(level, "cgroup.controllers")):
+            top = level
+        elif top:
+            break
+        if level == os.path.dirname(level):
+            break
+        level = os.path.dirname(level)
+    try:  # any other group with the memory controller (systemd's slices, another runtime's)
+        with os.scandir(top or "/sys/fs/cgroup") as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False) and os.path.exists(os.path.join(entry.path, "memory.max")):
+                    return os.path.exists(os.path.join(entry.path, "memory.swap.max"))
+    except OSError:
+        pass
+    # No group has memory yet (a fresh boot without systemd): since Linux 5.8 a kernel with
+    # swap support accounts it unless booted with swapaccount=0.
+    try:
+        with open("/proc/cmdline") as f:
+            switched_off = "swapaccount=0" in f.read().split()
+    except OSError:
+        switched_off = False
+    return os.path.exists("/proc/swaps") and not switched_off
+
+
 def _controllers_for(limits: Limits) -> set[str]:
     wanted = set()
     if limits.memory is not None:
@@ -179,12 +228,3 @@ def _read_int(path: str) -> int | None:
         return int(read(path))
     except (OSError, ValueError):
         return None
-
-
-def wait_empty(path: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if "populated 0" in read(os.path.join(path, "cgroup.events")):
-            return True
-        time.sleep(0.002)
-    return False

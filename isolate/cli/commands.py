@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from isolate import __version__
+from isolate.cgroups.base import DEFAULT_PARENT
 from isolate.cli.options import RUN_OPTIONS
 
 
@@ -64,7 +65,7 @@ def doctor(as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--cgroup-parent", default="isolate", show_default=True, help="Parent cgroup of the sandboxes.")
+@click.option("--cgroup-parent", default=DEFAULT_PARENT, show_default=True, help="Parent cgroup of the sandboxes.")
 def gc(cgroup_parent: str) -> None:
     """Remove what crashed or killed isolate processes left: their cgroups and lock files."""
 
@@ -228,7 +229,7 @@ def ps_command(show_all: bool, as_json: bool) -> None:
     import time
 
     from isolate import _state as state
-    from isolate.detached.lifecycle import status_of
+    from isolate._state import status_of
     from isolate.detached.stats import memory_current
 
     rows: list[dict[str, Any]] = []
@@ -367,7 +368,8 @@ def logs(follow: bool, name: str) -> None:
     import time
 
     from isolate import _state as state
-    from isolate.detached.lifecycle import find, status_of
+    from isolate._state import status_of
+    from isolate.detached.lifecycle import find
 
     record = find(_state_dir(), name)
     with open(str(record["log"]), "rb") as f:
@@ -412,7 +414,8 @@ def stats(no_stream: bool, as_json: bool, name: str) -> None:
     import json
     import time
 
-    from isolate.detached.lifecycle import find, status_of
+    from isolate._state import status_of
+    from isolate.detached.lifecycle import find
     from isolate.detached.stats import sample
 
     record = find(_state_dir(), name)

@@ -122,8 +122,8 @@ def _cgroup_check() -> Check:
     if backend is None:
         return Check("cgroups", False, f"layout {lay.kind}: no usable hierarchy; runs have no limits or accounting",
                      "mount cgroup2: mount -t cgroup2 none /sys/fs/cgroup", required=False)  # fmt: skip
-    version = backend.version  # type: ignore[attr-defined]
-    usable = sorted(backend.available())  # type: ignore[attr-defined]
+    version = backend.version
+    usable = sorted(backend.available())
     v1_roots = sorted({os.path.dirname(m) for m in lay.v1_mounts.values()})
     where = lay.v2_mount if version == "v2" else "a hierarchy per controller under " + ", ".join(v1_roots)
     detail = f"layout {lay.kind}, isolate uses {version} ({where}); controllers: {' '.join(usable)}"

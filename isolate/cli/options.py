@@ -8,6 +8,8 @@ command to click, which builds its options from the same table.
 
 from __future__ import annotations
 
+from isolate.cgroups.base import DEFAULT_PARENT
+
 
 class Opt:
     __slots__ = ("names", "dest", "metavar", "help", "multiple", "flag", "choices")
@@ -74,7 +76,11 @@ RUN_OPTIONS = [
     Opt(("--io-weight",), "Relative block I/O share, 1..10000 (cgroup v2).", "N"),
     Opt(("--time",), "CPU time limit of the whole sandbox (e.g. 2s); past it everything is killed: TO.", "TIME"),
     Opt(("--wall-time",), "Kill the sandbox after this much real time (e.g. 5, 2.5s, 500ms).", "TIME"),
-    Opt(("--cgroup-parent",), "Parent cgroup of the sandbox, below each hierarchy's root (default isolate).", "PATH"),
+    Opt(
+        ("--cgroup-parent",),
+        f"Parent cgroup of the sandbox, below each hierarchy's root (default {DEFAULT_PARENT}).",
+        "PATH",
+    ),
     Opt(("--no-cgroup",), "No cgroup at all: no limits, no accounting (and a little faster).", flag=True),
     Opt(("--detach", "-d"), "Run in the background; print the sandbox id (see isolate ps, logs, wait).", flag=True),
     Opt(("--name",), "A name for a detached sandbox (isolate exec NAME ..., stop NAME, ...).", "NAME"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from isolate.config import DEFAULT_CGROUP_PARENT as DEFAULT_PARENT
 from isolate.errors import ConfigError, IsolateError
 from isolate.result import RunResult, meta_lines
 
@@ -73,7 +74,7 @@ def execute_run(opts: dict[str, object], command: list[str]) -> int:
             keep=bool(opts.get("keep")),
             limits=limits,
             cgroups=False if opts.get("no_cgroup") else None,
-            cgroup_parent=text("cgroup_parent") or "isolate",
+            cgroup_parent=text("cgroup_parent") or DEFAULT_PARENT,
             image=text("image"),
             image_root=text("root"),
             cap_add=many("cap_add"),

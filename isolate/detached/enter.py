@@ -17,8 +17,8 @@ import os
 from isolate import _libc
 from isolate import _state as state
 from isolate.errors import ConfigError
-from isolate.plan.steps import JoinCgroup
-from isolate.process import spawn
+from isolate.plan.steps import Chdir, JoinCgroup, NoNewPrivs, SetUser
+from isolate.process import child
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
 
 
 class _Target:
-    """What spawn._exec needs: the command and its environment."""
+    """What child.run execs: the command and its environment."""
 
     __slots__ = ("argv", "env")
 
@@ -41,7 +41,7 @@ class _Target:
 def prepare(record: dict[str, Any], argv: list[str], env: dict[str, str] | None = None,
             user: tuple[int, int] | None = None, workdir: str | None = None, tty: bool = False) -> Any:  # fmt: skip
     """Open the sandbox's namespaces now, while its pid is known to be it; returns a launcher."""
-    from isolate.detached.lifecycle import status_of
+    from isolate._state import status_of
 
     if status_of(record) != "running":
         raise ConfigError(f"{record['name']}: cannot exec: the sandbox is {status_of(record)}")
@@ -109,29 +109,47 @@ class _Launcher:
             self.size = terminal_size()  # the caller's: stdin is about to be a socket
         errr, errw = os.pipe2(os.O_CLOEXEC)
         try:
-            child = os.fork()
-            if child == 0:
+            pid = os.fork()
+            if pid == 0:
                 os.close(errr)
                 self._child(stdio, errw)
             os.close(errw)
             errw = -1
-            report = b""
-            while chunk := os.read(errr, 65536):
-                report += chunk
+            report = child.read_report(errr)
         finally:
             if errw >= 0:
                 os.close(errw)
-            os.close(errr)
+                os.close(errr)
             for fd in self.ns_fds:
                 os.close(fd)
         if report:
-            os.waitpid(child, 0)
-            raise spawn._decode_failure(report)
-        return child
+            os.waitpid(pid, 0)
+            raise child.decode_failure(report)
+        return pid
+
+    def steps(self) -> list[Any]:
+        """The command's setup inside the sandbox: its defences in the same order as the
+        sandbox's own (builder.build_plan)."""
+        steps: list[Any] = []
+        if self.tty:  # stdin is a socket to isolate: the pty comes from the sandbox's devpts
+            from isolate.process.terminal import TerminalFromSandbox
+
+            steps.append(TerminalFromSandbox(self.user[0] if self.user else 0, *self.size))
+        steps.append(Chdir(self.workdir, create=False))
+        if self.no_new_privs:
+            steps.append(NoNewPrivs())
+        if self.drop_caps is not None:
+            steps.append(self.drop_caps)
+        if self.user:
+            steps.append(SetUser(self.user[0], self.user[1]))
+        if self.seccomp is not None:
+            steps.append(self.seccomp)
+        return steps
 
     def _child(self, stdio: tuple[int, int, int], errw: int) -> None:
         what = "joining the sandbox"
         try:
+            steps = self.steps()  # made before the setns: nothing is imported after it
             JoinCgroup(self.joins).apply("/")
             what = "setns"
             for fd in self.ns_fds:
@@ -140,25 +158,8 @@ class _Launcher:
             if command == 0:
                 what = "preparing the command"
                 os.setsid()
-                spawn._setup_stdio(stdio)
-                if self.tty:  # stdin is a socket to isolate: the pty comes from the sandbox's devpts
-                    from isolate.process.terminal import TerminalFromSandbox
-
-                    TerminalFromSandbox(self.user[0] if self.user else 0, *self.size).apply("/")
-                for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
-                    signal.signal(sig, signal.SIG_DFL)
-                os.chdir(self.workdir)
-                if self.no_new_privs:
-                    _libc.prctl(_libc.PR_SET_NO_NEW_PRIVS, 1)
-                if self.drop_caps is not None:
-                    self.drop_caps.apply("/")
-                if self.user:
-                    os.setgroups([])
-                    os.setresgid(self.user[1], self.user[1], self.user[1])
-                    os.setresuid(self.user[0], self.user[0], self.user[0])
-                if self.seccomp is not None:
-                    self.seccomp.apply("/")
-                spawn._exec(self.target, errw)  # type: ignore[arg-type]
+                child.setup_stdio(stdio)
+                child.run(steps, "/", self.target, errw, what=what)
             os.close(errw)
 
             def relay(sig: int, _frame: object) -> None:
@@ -173,6 +174,6 @@ class _Launcher:
             code = os.waitstatus_to_exitcode(status)
             os._exit(128 - code if code < 0 else code)
         except BaseException as exc:  # noqa: BLE001 - everything must reach the caller
-            spawn._report(errw, what, exc)
+            child.report(errw, what, exc)
         finally:
-            os._exit(125)
+            os._exit(child.EXIT_SETUP_FAILED)

@@ -38,7 +38,7 @@ def collect_sandbox(state_dir: str, record: dict[str, object]) -> list[str]:
 
 def collect(state_dir: str, parent: str = DEFAULT_PARENT) -> list[str]:
     """Remove leftovers; returns a line for each thing removed."""
-    from isolate.detached.lifecycle import status_of
+    from isolate._state import status_of
 
     removed: list[str] = []
     for record in state.all_records(state_dir):
@@ -65,7 +65,7 @@ def collect(state_dir: str, parent: str = DEFAULT_PARENT) -> list[str]:
         group.kill_all()
         group.remove()
         removed += [f"cgroup {d}" for d in sorted(dirs.values())]
-    from isolate.detached.lifecycle import monitor_alive
+    from isolate._state import monitor_alive
     from isolate.detached.monitor import socket_path
 
     if os.path.exists(socket_path(state_dir)) and not monitor_alive(state_dir):

@@ -27,39 +27,6 @@ SIGNALS = {
 }
 
 
-def status_of(record: dict[str, Any]) -> str:
-    """running, stopped, created, or dead: its process is gone without a recorded exit (a
-    crash of the monitor), or the isolate process that was starting it died first."""
-    status = str(record.get("status", "created"))
-    if status == "running" and not state.is_alive(record):
-        # Exited: the monitor records how within moments, unless the monitor itself is gone.
-        return "exiting" if monitor_alive(str(record.get("state_dir", ""))) else "dead"
-    if status == "created":
-        creator = record.get("creator")
-        if isinstance(creator, int) and state.process_start_time(creator) != record.get("creator_start"):
-            return "dead"
-    return status
-
-
-def monitor_alive(state_dir: str) -> bool:
-    """The monitor holds monitor.lock while it runs (see monitor.serve)."""
-    import fcntl
-
-    if not state_dir:
-        return False
-    try:
-        fd = os.open(os.path.join(state_dir, "monitor.lock"), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 def find(state_dir: str, ref: str) -> dict[str, Any]:
     """A sandbox by name, full id or unique id prefix."""
     if "/" not in ref and ref not in (".", ".."):
@@ -156,7 +123,7 @@ def parse_signal(text: str) -> int:
 
 
 def _pidfd(record: dict[str, Any], what: str) -> int:
-    status = status_of(record)
+    status = state.status_of(record)
     if status != "running":
         raise ConfigError(f"{record['name']}: cannot {what}: the sandbox is {status}")
     pid = int(record["pid"])
@@ -204,7 +171,7 @@ def _wait(state_dir: str, record: dict[str, Any], timeout: float | None) -> dict
         pause = 0.0005
         while True:
             record = state.read_record(state_dir, str(record["id"])) or record
-            status = status_of(record)
+            status = state.status_of(record)
             if status in ("stopped", "dead"):
                 return record
             if deadline is not None and time.monotonic() > deadline:
@@ -236,7 +203,7 @@ def remove(state_dir: str, ref: str, force: bool = False) -> str:
     import shutil
 
     record = find(state_dir, ref)
-    status = status_of(record)
+    status = state.status_of(record)
     if status == "running":
         if not force:
             raise ConfigError(f"{record['name']}: is running; stop it first, or use rm -f")

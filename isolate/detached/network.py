@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def connect(first: dict[str, Any], second: dict[str, Any], subnet: str = "10.213.0.0/30") -> tuple[str, str]:
     """Join two running sandboxes' network namespaces; returns their addresses."""
-    from isolate.detached.lifecycle import status_of
+    from isolate._state import status_of
 
     for record in (first, second):
         if status_of(record) != "running":

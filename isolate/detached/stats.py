@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from isolate.cgroups import open_cgroup
+from isolate.cgroups import Cgroup, open_cgroup
 from isolate.cgroups.base import read, read_keyed
 
 TYPE_CHECKING = False
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def _group(record: dict[str, Any]) -> Any:
+def _group(record: dict[str, Any]) -> Cgroup | None:
     dirs = record.get("cgroup_dirs") or {}
     if not dirs:
         return None
@@ -23,7 +23,7 @@ def _group(record: dict[str, Any]) -> Any:
 def memory_current(record: dict[str, Any]) -> int | None:
     group = _group(record)
     try:
-        return group.memory_current() if group is not None else None  # type: ignore[no-any-return]
+        return group.memory_current() if group is not None else None
     except OSError:
         return None
 

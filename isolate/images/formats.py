@@ -306,7 +306,7 @@ def build_busybox(store: ImageStore, name: str) -> Image:
     """A busybox image from Debian's busybox-static, with no network."""
     import shutil
 
-    from isolate.plan.rootfs import build_busybox_rootfs
+    from isolate.images.busybox import build_busybox_rootfs
 
     work = store.tmp_dir()
     try:

@@ -16,9 +16,20 @@ import os
 from isolate import _libc as L
 from isolate.errors import ConfigError
 from isolate.oci import steps as S
+from isolate.oci.warnings import warn
 from isolate.plan.seccomp import LoadSeccomp
-from isolate.plan.security import SetOomScoreAdj
-from isolate.plan.steps import Chdir, JoinCgroup, NoNewPrivs, PivotRoot, RemountRootReadOnly, SetHostname, Step
+from isolate.plan.security import MaskPath, SetOomScoreAdj, last_cap
+from isolate.plan.steps import (
+    Chdir,
+    JoinCgroup,
+    MakeDevice,
+    NoNewPrivs,
+    PivotRoot,
+    RemountReadOnly,
+    RemountRootReadOnly,
+    SetHostname,
+    Step,
+)
 from isolate.plan.steps import UnshareCgroupNamespace as UnshareCgroupNs
 
 TYPE_CHECKING = False
@@ -145,6 +156,7 @@ class OciPlan:
         self.gid_map: list[dict[str, int]] = []
         self.parent_joins: list[str] = []
         self.new_pid_ns = False
+        self.errw = -1  # the child's end of its report pipe (isolate.process.child)
 
 
 def build(
@@ -164,6 +176,7 @@ def build(
     """The steps of one container.  ``errw``/``go_fd``/``state_dir_fd``/``null_fd``/``console_fd``
     are the descriptors the child inherits (-1 when unused)."""
     plan = OciPlan()
+    plan.errw = errw
     linux = config.get("linux") or {}
     process = config.get("process") or {}
     plan.root = rootfs
@@ -175,7 +188,7 @@ def build(
     # of every other process of that namespace (pivot_root(2)).
     own_mounts = "mount" in kinds
     if not own_mounts:
-        log_warning("no mount namespace: the config's mounts, devices and masked paths are not applied "
+        warn("no mount namespace: the config's mounts, devices and masked paths are not applied "
                     "(they would change the host's mounts); the root is entered with chroot")  # fmt: skip
     elif kinds["mount"]:
         no_pivot = True
@@ -240,8 +253,9 @@ def build(
         _check_sysctl(key, kinds)
         steps.append(S.Sysctl(key, str(value)))
     if own_mounts:
-        steps += [S.MaskedPath(p) for p in linux.get("maskedPaths") or []]
-        steps += [S.ReadonlyPath(p) for p in linux.get("readonlyPaths") or []]
+        steps += [MaskPath(p, after_pivot=True) for p in linux.get("maskedPaths") or []]
+        steps += [RemountReadOnly(p, bind=True, after_pivot=True, missing_ok=True)
+                  for p in linux.get("readonlyPaths") or []]  # fmt: skip
         if (config.get("root") or {}).get("readonly"):
             steps.append(RemountRootReadOnly())
     user = process.get("user") or {}
@@ -262,7 +276,7 @@ def build(
         name = item.get("type", "")
         if name not in RLIMITS:
             raise ConfigError(f"process.rlimits: unknown type {name!r}, e.g. RLIMIT_NOFILE")
-        rlimits.append((RLIMITS[name], _rlim(item.get("soft", 0)), _rlim(item.get("hard", 0))))
+        rlimits.append((RLIMITS[name], rlimit_value(item.get("soft", 0)), rlimit_value(item.get("hard", 0))))
     if rlimits:
         import resource  # noqa: F401 - the child cannot import once it left the host's root
 
@@ -300,7 +314,7 @@ def build(
     nnp = bool(process.get("noNewPrivileges"))
     identity = S.Identity(uid, gid, [int(g) for g in user.get("additionalGids") or []],
                           int(user["umask"]) if user.get("umask") is not None else None,
-                          process.get("capabilities"), _last_cap())  # fmt: skip
+                          process.get("capabilities"), last_cap())  # fmt: skip
     seccomp = LoadSeccomp(seccomp_program) if seccomp_program else None
     # Without no_new_privs only a privileged process may load a filter: before the user switch.
     if seccomp is not None and not nnp:
@@ -311,12 +325,6 @@ def build(
     if seccomp is not None and nnp:
         steps.append(seccomp)
     return plan
-
-
-def log_warning(message: str) -> None:
-    from isolate.oci.runtime import log_warning as log
-
-    log(message)
 
 
 def _check_capabilities(caps: dict[str, list[str]] | None) -> None:
@@ -339,13 +347,8 @@ def _check_capabilities(caps: dict[str, list[str]] | None) -> None:
         )
 
 
-def _last_cap() -> int:
-    from isolate.plan.security import last_cap
-
-    return last_cap()
-
-
-def _rlim(value: Any) -> int:
+def rlimit_value(value: Any) -> int:
+    """A limit of config.json's process.rlimits as setrlimit(2) takes it."""
     value = int(value)
     return -1 if value >= U64_MAX or value < 0 else value  # RLIM_INFINITY
 
@@ -461,7 +464,7 @@ def _device_steps(devices: list[dict[str, Any]], userns: bool) -> list[Step]:
     listed = {d.get("path") for d in devices}
     for path, major, minor in DEFAULT_DEVICES:
         if path not in listed:
-            steps.append(S.MakeNode(path, "c", major, minor, 0o666, 0, 0, userns))
+            steps.append(MakeDevice(path, major, minor, 0o666, "c", 0, 0, userns))
     for dev in devices:
         path = dev.get("path") or ""
         if not path.startswith("/dev/"):
@@ -469,9 +472,9 @@ def _device_steps(devices: list[dict[str, Any]], userns: bool) -> list[Step]:
         kind = dev.get("type") or "c"
         if kind not in ("c", "b", "u", "p"):
             raise ConfigError(f"linux.devices {path}: type {kind!r}: use c, b, u or p")
-        steps.append(S.MakeNode(path, kind, int(dev.get("major", 0)), int(dev.get("minor", 0)),
-                                int(dev.get("fileMode", 0o666)), int(dev.get("uid", 0)), int(dev.get("gid", 0)),
-                                userns))  # fmt: skip
+        major, minor, mode, uid, gid = (int(dev.get(key, 0o666 if key == "fileMode" else 0))
+                                        for key in ("major", "minor", "fileMode", "uid", "gid"))  # fmt: skip
+        steps.append(MakeDevice(path, major, minor, mode, kind, uid, gid, userns))
     steps += [Symlink(target, path) for target, path in DEV_LINKS]
     steps.append(_PtmxLink())
     return steps

@@ -10,12 +10,10 @@ reservation).  The table below is the whole translation, v1 and v2 side by side.
 
 from __future__ import annotations
 
-import errno
 import os
-import time
 
-from isolate.cgroups import layout
-from isolate.cgroups.base import read, write
+from isolate.cgroups import DEFAULT_PARENT, Cgroup, layout, open_cgroup
+from isolate.cgroups.base import read, remove_dirs, write
 from isolate.errors import ConfigError, HostSupportError
 
 TYPE_CHECKING = False
@@ -57,14 +55,15 @@ def resolve(cgroups_path: str, container_id: str, systemd: bool) -> tuple[str, d
     """(version, controller -> directory) of the container's cgroup.
 
     An absolute path is relative to each hierarchy's root, a relative one to the caller's
-    own cgroup (as runc's cgroupfs driver reads it); none gives ``/isolate/<id>``.
+    own cgroup (as runc's cgroupfs driver reads it); none gives ``/<DEFAULT_PARENT>/<id>``
+    (``/isolate/<id>``), beside the sandboxes' groups.
     """
     if systemd or ":" in cgroups_path:
         raise ConfigError(
             "systemd cgroups are not supported: isolate-oci drives cgroupfs itself; configure the engine's "
             "cgroup manager as cgroupfs (podman --cgroup-manager=cgroupfs, containerd SystemdCgroup = false)"
         )
-    path = cgroups_path or f"/isolate/{container_id}"
+    path = cgroups_path or f"/{DEFAULT_PARENT}/{container_id}"
     if ".." in path.split("/"):
         raise ConfigError(f"linux.cgroupsPath {cgroups_path!r}: '..' is not allowed")
     lay = layout()
@@ -100,9 +99,9 @@ def create(version: str, dirs: dict[str, str], resources: dict[str, Any],
                     continue
                 made.append(level)
                 if version == "v1" and controller == "cpuset":
-                    up = os.path.dirname(level)
-                    for name in ("cpuset.cpus", "cpuset.mems"):
-                        write(os.path.join(level, name), read(os.path.join(up, name)))
+                    from isolate.cgroups.v1 import inherit_cpuset
+
+                    inherit_cpuset(level)
             if version == "v2":
                 _delegate(mount, path)
         apply(version, dirs, resources, devices or [])
@@ -330,80 +329,36 @@ def apply(version: str, dirs: dict[str, str], resources: dict[str, Any],
         write(path, value)
 
 
+def group(version: str, dirs: dict[str, str]) -> Cgroup:
+    """The container's group, driven like a sandbox's (cgroups/base.py: freeze, kill, remove)."""
+    return open_cgroup(version, dirs)
+
+
 def remove(made: list[str]) -> None:
-    """rmdir what ``create`` made, deepest first; waits briefly for exiting processes."""
-    deadline = time.monotonic() + 2.0
-    for path in sorted(made, key=len, reverse=True):
-        while True:
-            try:
-                os.rmdir(path)
-                break
-            except FileNotFoundError:
-                break
-            except OSError as exc:
-                # A parent shared with another container stays; a leaf whose killed
-                # processes have not left yet (EBUSY) is retried.
-                if exc.errno == errno.EBUSY and path == max(made, key=len) and time.monotonic() < deadline:
-                    time.sleep(0.005)
-                    continue
-                break
+    """rmdir what ``create`` made, deepest first; waits briefly for exiting processes.
+
+    A parent shared with another container stays; a leaf whose killed processes have not
+    left yet (EBUSY) is retried.
+    """
+    leaves = [path for path in made if not any(other.startswith(path + "/") for other in made)]
+    remove_dirs(made, busy=leaves)
 
 
 def procs(version: str, dirs: dict[str, str]) -> list[int]:
-    directory = dirs.get("unified") or dirs.get("pids") or dirs.get("memory") or next(iter(dirs.values()))
     try:
-        return [int(p) for p in read(os.path.join(directory, "cgroup.procs")).split()]
+        return group(version, dirs).procs()
     except OSError:
         return []
 
 
 def freeze(version: str, dirs: dict[str, str], frozen: bool) -> None:
-    if version == "v2":
-        path = dirs["unified"]
-        write(os.path.join(path, "cgroup.freeze"), "1" if frozen else "0")
-        want = f"frozen {1 if frozen else 0}"
-        deadline = time.monotonic() + 5
-        while want not in read(os.path.join(path, "cgroup.events")) and time.monotonic() < deadline:
-            time.sleep(0.002)
-        return
-    if "freezer" not in dirs:
-        raise HostSupportError("pause needs the freezer cgroup controller, which this host does not mount")
-    state = os.path.join(dirs["freezer"], "freezer.state")
-    write(state, "FROZEN" if frozen else "THAWED")
-    deadline = time.monotonic() + 5
-    want = "FROZEN" if frozen else "THAWED"
-    while read(state) != want and time.monotonic() < deadline:
-        if frozen:
-            write(state, "FROZEN")
-        time.sleep(0.002)
+    group(version, dirs).freeze(frozen)
 
 
 def frozen(version: str, dirs: dict[str, str]) -> bool:
-    try:
-        if version == "v2":
-            return read(os.path.join(dirs["unified"], "cgroup.freeze")) == "1"
-        return "freezer" in dirs and read(os.path.join(dirs["freezer"], "freezer.state")) != "THAWED"
-    except OSError:
-        return False
+    return group(version, dirs).frozen()
 
 
 def kill_all(version: str, dirs: dict[str, str], sig: int) -> None:
     """Signal every process of the container (``kill --all``); frozen first so none escapes by forking."""
-    import _signal as signal
-
-    if version == "v2" and sig == signal.SIGKILL and os.path.exists(os.path.join(dirs["unified"], "cgroup.kill")):
-        write(os.path.join(dirs["unified"], "cgroup.kill"), "1")
-        return
-    was_frozen = frozen(version, dirs)
-    can_freeze = version == "v2" or "freezer" in dirs
-    if can_freeze and not was_frozen:
-        freeze(version, dirs, True)
-    try:
-        for pid in procs(version, dirs):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-    finally:
-        if can_freeze and not was_frozen:
-            freeze(version, dirs, False)
+    group(version, dirs).kill_all(sig)

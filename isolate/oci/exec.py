@@ -18,6 +18,9 @@ from isolate.oci import bundle as B
 from isolate.oci import steps as S
 from isolate.oci.runtime import Runtime
 from isolate.plan.seccomp import LoadSeccomp
+from isolate.plan.security import last_cap
+from isolate.plan.steps import Chdir, JoinCgroup, NoNewPrivs
+from isolate.process import child
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -64,9 +67,9 @@ def execute(runtime: Runtime, cid: str, process: dict[str, Any], detach: bool, p
         if state.process_start_time(pid) != record.get("pid_start"):
             raise ConfigError("cannot exec in a stopped container")
         if console_socket:
-            from isolate.oci.runtime import _connect
+            from isolate.oci.runtime import connect_socket
 
-            console_fd = _connect(console_socket)
+            console_fd = connect_socket(console_socket)
         env = dict(item.split("=", 1) if "=" in item else (item, "") for item in process.get("env") or [])
         user = process.get("user") or {}
         uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
@@ -74,8 +77,8 @@ def execute(runtime: Runtime, cid: str, process: dict[str, Any], detach: bool, p
         if process.get("terminal"):
             size = process.get("consoleSize") or {}
             steps.append(S.Console(console_fd, uid, int(size.get("height", 0)), int(size.get("width", 0))))
-        steps.append(_Chdir(process.get("cwd") or "/"))
-        rlimits = [(B.RLIMITS[i["type"]], B._rlim(i.get("soft", 0)), B._rlim(i.get("hard", 0)))
+        steps.append(Chdir(process.get("cwd") or "/", create=False))
+        rlimits = [(B.RLIMITS[i["type"]], B.rlimit_value(i.get("soft", 0)), B.rlimit_value(i.get("hard", 0)))
                    for i in process.get("rlimits") or [] if i.get("type") in B.RLIMITS]  # fmt: skip
         if rlimits:
             import resource  # noqa: F401 - imported before the setns, see steps.py
@@ -88,12 +91,10 @@ def execute(runtime: Runtime, cid: str, process: dict[str, Any], detach: bool, p
         if seccomp is not None and not nnp:
             steps.append(seccomp)
         if nnp:
-            from isolate.plan.steps import NoNewPrivs
-
             steps.append(NoNewPrivs())
         steps.append(S.Identity(uid, gid, [int(g) for g in user.get("additionalGids") or []],
                                 int(user["umask"]) if user.get("umask") is not None else None,
-                                process.get("capabilities"), B._last_cap()))  # fmt: skip
+                                process.get("capabilities"), last_cap()))  # fmt: skip
         if seccomp is not None and nnp:
             steps.append(seccomp)
         from isolate.cgroups.base import join_files
@@ -104,14 +105,6 @@ def execute(runtime: Runtime, cid: str, process: dict[str, Any], detach: bool, p
         for fd in [*fds, console_fd]:
             if fd >= 0:
                 os.close(fd)
-
-
-class _Chdir:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def apply(self, root: str) -> None:
-        os.chdir(self.path)
 
 
 def forward_signals(pid: int) -> None:
@@ -130,40 +123,37 @@ def forward_signals(pid: int) -> None:
 
 def _run(ns_fds: list[int], joins: list[str], steps: list[Any], target: _Target, detach: bool,
          pid_file: str | None, preserve_fds: int) -> int:  # fmt: skip
-    from isolate.process.spawn import _decode_failure
-
     errr, errw = os.pipe2(os.O_CLOEXEC)
     pidr, pidw = os.pipe2(os.O_CLOEXEC)
     try:
-        child = os.fork()
-        if child == 0:
+        middle = os.fork()
+        if middle == 0:
             _middle(ns_fds, joins, steps, target, errw, pidw, detach, preserve_fds)
         os.close(errw)
         errw = -1
         os.close(pidw)
         pidw = -1
-        report = b""
-        while chunk := os.read(errr, 65536):
-            report += chunk
+        fd, errr = errr, -1
+        report = child.read_report(fd)
         pid_text = os.read(pidr, 64)
     finally:
         for fd in (errr, errw, pidr, pidw):
             if fd >= 0:
                 os.close(fd)
     if report:
-        os.waitpid(child, 0)
-        raise _decode_failure(report)
+        os.waitpid(middle, 0)
+        raise child.decode_failure(report)
     process_pid = int(pid_text or b"0")
     if pid_file and process_pid:
-        from isolate.oci.runtime import _write_pid_file
+        from isolate.oci.runtime import write_pid_file
 
-        _write_pid_file(pid_file, process_pid)
+        write_pid_file(pid_file, process_pid)
     if detach:
-        os.waitpid(child, 0)
+        os.waitpid(middle, 0)
         return 0
 
     forward_signals(process_pid)
-    return wait_status(child)
+    return wait_status(middle)
 
 
 def wait_status(pid: int) -> int:
@@ -175,10 +165,6 @@ def wait_status(pid: int) -> int:
 
 def _middle(ns_fds: list[int], joins: list[str], steps: list[Any], target: _Target, errw: int, pidw: int,
             detach: bool, preserve_fds: int) -> None:  # fmt: skip
-    from isolate.oci.steps import _ExecLookupError
-    from isolate.plan.steps import JoinCgroup
-    from isolate.process.spawn import _exec, _report
-
     what = "joining the container"
     try:
         JoinCgroup(joins).apply("/")
@@ -188,24 +174,12 @@ def _middle(ns_fds: list[int], joins: list[str], steps: list[Any], target: _Targ
         process = os.fork()
         if process == 0:
             what = "preparing the process"
-            step = None
             try:
                 os.setsid()
-                _libc.close_range_cloexec(3 + preserve_fds)
-                for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT,
-                            signal.SIGHUP):  # fmt: skip
-                    signal.signal(sig, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_SETMASK, [])
-                for step in steps:
-                    step.apply("/")
-                _exec(target, errw)  # type: ignore[arg-type]
-            except _ExecLookupError as exc:
-                os.write(errw, f"{exc.kind}\0exec\0{exc.code}\0{exc.message}".encode())
-                os._exit(127 if exc.kind == "notfound" else 126)
-            except BaseException as exc:  # noqa: BLE001
-                _report(errw, getattr(step, "what", what), exc)
-            finally:
-                os._exit(125)
+            except BaseException as exc:  # noqa: BLE001 - everything must reach the caller
+                child.report(errw, what, exc)
+                os._exit(child.EXIT_SETUP_FAILED)
+            child.run(steps, "/", target, errw, keep_fds=3 + preserve_fds, what=what)
         os.write(pidw, str(process).encode())
         os.close(pidw)
         os.close(errw)
@@ -216,6 +190,6 @@ def _middle(ns_fds: list[int], joins: list[str], steps: list[Any], target: _Targ
         code = os.waitstatus_to_exitcode(status)
         os._exit(128 - code if code < 0 else code)
     except BaseException as exc:  # noqa: BLE001
-        _report(errw, what, exc)
+        child.report(errw, what, exc)
     finally:
-        os._exit(125)
+        os._exit(child.EXIT_SETUP_FAILED)

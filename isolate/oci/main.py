@@ -392,9 +392,9 @@ def main() -> None:
         # string where a number goes): one line for the engine's log, not a traceback.
         _fail(f"invalid runtime-spec input: {type(exc).__name__}: {exc}; check config.json against runtime-spec")
     finally:
-        from isolate.oci.runtime import _warnings
+        from isolate.oci.warnings import collected
 
-        for message in _warnings:
+        for message in collected():
             _Log.write("warning", message)
             print(f"isolate-oci: warning: {message}", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)

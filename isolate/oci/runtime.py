@@ -21,6 +21,8 @@ from isolate.errors import ConfigError, IsolateError
 from isolate.oci import bundle as B
 from isolate.oci import cgroup as C
 from isolate.oci import hooks as H
+from isolate.oci.warnings import warn
+from isolate.process import child
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -142,7 +144,7 @@ class Runtime:
             fds.append(null_fd)
             console_fd = -1
             if console_socket:
-                console_fd = _connect(console_socket)
+                console_fd = connect_socket(console_socket)
                 fds.append(console_fd)
             errr, errw = os.pipe2(os.O_CLOEXEC)
             gor, gow = os.pipe2(os.O_CLOEXEC)
@@ -156,7 +158,7 @@ class Runtime:
             record["pid_start"] = state.process_start_time(pid)
             self._save(record)
             if pid_file:
-                _write_pid_file(pid_file, pid)
+                write_pid_file(pid_file, pid)
         except BaseException:
             self._abort(cid, made_cgroups)
             raise
@@ -221,7 +223,7 @@ class Runtime:
                 H.run("poststart", hooks, json.dumps(self.state_json(record, "running")).encode())
             except H.HookError as exc:
                 # runtime-spec: a failing poststart hook is logged, the container goes on.
-                log_warning(str(exc))
+                warn(str(exc))
 
     def kill(self, cid: str, sig: int, all_processes: bool = False) -> None:
         record = self.load(cid)
@@ -270,7 +272,7 @@ class Runtime:
             try:
                 H.run("poststop", hooks, json.dumps(self.state_json(record, "stopped")).encode())
             except H.HookError as exc:
-                log_warning(str(exc))
+                warn(str(exc))
 
     def pause(self, cid: str, frozen: bool) -> None:
         record = self.load(cid)
@@ -319,7 +321,7 @@ def _seccomp(root: str, doc: dict[str, Any] | None) -> bytes | None:
         return f.read()
 
 
-def _connect(path: str) -> int:
+def connect_socket(path: str) -> int:
     import socket
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -333,19 +335,12 @@ def _connect(path: str) -> int:
     return fd
 
 
-def _write_pid_file(path: str, pid: int) -> None:
+def write_pid_file(path: str, pid: int) -> None:
     # No trailing newline: containerd parses the file as a bare number.
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         f.write(str(pid))
     os.rename(tmp, path)
-
-
-_warnings: list[str] = []
-
-
-def log_warning(message: str) -> None:
-    _warnings.append(message)
 
 
 def _launch(plan: B.OciPlan, errr: int, errw: int, gor: int, gow: int, preserve_fds: int,
@@ -374,8 +369,7 @@ def _launch(plan: B.OciPlan, errr: int, errw: int, gor: int, gow: int, preserve_
     os.close(gor)
     try:
         if plan.uid_map:
-            _write_map(pid, "uid_map", plan.uid_map)
-            _write_map(pid, "gid_map", plan.gid_map)
+            child.write_id_maps(pid, _id_map(plan.uid_map), _id_map(plan.gid_map))
             for path in plan.parent_joins:
                 with open(path, "w") as f:
                     f.write(str(pid))
@@ -402,60 +396,31 @@ def _launch(plan: B.OciPlan, errr: int, errw: int, gor: int, gow: int, preserve_
             pass
         raise
     if report:
-        from isolate.process.spawn import _decode_failure
-
-        raise _decode_failure(report)
+        raise child.decode_failure(report)
     raise IsolateError("the container's process exited during setup without a report")
 
 
-def _write_map(pid: int, name: str, maps: list[dict[str, int]]) -> None:
-    text = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in maps)
-    fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
+def _id_map(maps: list[dict[str, int]]) -> list[tuple[int, int, int]]:
+    """config.json's linux.uidMappings (or gidMappings) as (inside, outside, count)."""
+    return [(m["containerID"], m["hostID"], m["size"]) for m in maps]
 
 
 def _child(plan: B.OciPlan, errr: int, gow: int, preserve_fds: int) -> None:
     """The container's first process.  Never returns: execs the command or exits."""
     import gc
 
-    from isolate.oci.steps import _ExecLookupError
-    from isolate.process.spawn import _exec, _report
-
-    errw = next(s.errw for s in plan.steps if hasattr(s, "errw"))  # type: ignore[attr-defined]
-    step = None
+    errw = plan.errw
     try:
         gc.disable()
         os.close(errr)
         os.close(gow)
         os.setsid()
-        _libc.close_range_cloexec(3 + preserve_fds)
-        for fd in range(3, 3 + preserve_fds):
-            try:
-                os.set_inheritable(fd, True)
-            except OSError:
-                pass
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
         if plan.uid_map:
             _wait_for_maps()
-        for step in plan.steps:
-            step.apply(plan.root)
-        step = None
-        _exec(plan, errw)  # type: ignore[arg-type]
-    except _ExecLookupError as exc:
-        try:
-            os.write(errw, f"{exc.kind}\0exec\0{exc.code}\0{exc.message}".encode())
-        except OSError:
-            pass
-        os._exit(127 if exc.kind == "notfound" else 126)
     except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
-        _report(errw, step.shell(plan.root) if step is not None else "starting the container", exc)
-    finally:
-        os._exit(125)
+        child.report(errw, "starting the container", exc)
+        os._exit(child.EXIT_SETUP_FAILED)
+    child.run(plan.steps, plan.root, plan, errw, keep_fds=3 + preserve_fds, what="starting the container")
 
 
 def _wait_for_maps() -> None:

@@ -14,7 +14,8 @@ import termios
 
 from isolate import _libc
 from isolate.plan.security import CAP_NUMBER
-from isolate.plan.steps import Step, _q, resolve_in_root
+from isolate.plan.steps import Step, quote, resolve_in_root
+from isolate.process.child import ExecLookupError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class JoinNamespace(Step):
         os.close(self.fd)
 
     def shell(self, root: str) -> str:
-        return f"nsenter --{self.kind.replace('network', 'net')}={_q(self.path)}"
+        return f"nsenter --{self.kind.replace('network', 'net')}={quote(self.path)}"
 
 
 class Propagation(Step):
@@ -85,7 +86,7 @@ class BindRoot(Step):
         _libc.mount(root, root, None, _libc.MS_BIND | _libc.MS_REC)
 
     def shell(self, root: str) -> str:
-        return f"mount --rbind {_q(root)} {_q(root)}"
+        return f"mount --rbind {quote(root)} {quote(root)}"
 
 
 class OciMount(Step):
@@ -123,46 +124,10 @@ class OciMount(Step):
             _libc.mount(None, target, None, flag)
 
     def shell(self, root: str) -> str:
-        opts = f" -o {_q(self.data)}" if self.data else ""
+        opts = f" -o {quote(self.data)}" if self.data else ""
         if self.is_bind:
-            return f"mount --bind {_q(self.source)} {_q(root + self.target)}"
-        return f"mount -t {self.fstype}{opts} {_q(self.source)} {_q(root + self.target)}"
-
-
-class MakeNode(Step):
-    """A device of ``linux.devices`` (or a default one): mknod, or a bind of the host's node in a
-    user namespace, where mknod is refused."""
-
-    __slots__ = ("path", "kind", "major", "minor", "mode", "uid", "gid", "bind")
-    what = "creating a device"
-
-    def __init__(self, path: str, kind: str, major: int, minor: int, mode: int, uid: int, gid: int,
-                 bind: bool) -> None:  # fmt: skip
-        self.path = path
-        self.kind = kind
-        self.major = major
-        self.minor = minor
-        self.mode = mode
-        self.uid = uid
-        self.gid = gid
-        self.bind = bind
-
-    def apply(self, root: str) -> None:
-        parent, name = os.path.split(self.path)
-        target = os.path.join(resolve_in_root(root, parent, "dir"), name)
-        if os.path.lexists(target):
-            os.unlink(target)  # runc replaces what the image has there
-        if self.bind:
-            os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-            _libc.mount(self.path, target, None, _libc.MS_BIND)
-            return
-        kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[self.kind]
-        os.mknod(target, kind | (self.mode & 0o7777), os.makedev(self.major, self.minor))
-        os.chmod(target, self.mode & 0o7777)
-        os.chown(target, self.uid, self.gid)
-
-    def shell(self, root: str) -> str:
-        return f"mknod -m {self.mode & 0o7777:o} {_q(root + self.path)} {self.kind} {self.major} {self.minor}"
+            return f"mount --bind {quote(self.source)} {quote(root + self.target)}"
+        return f"mount -t {self.fstype}{opts} {quote(self.source)} {quote(root + self.target)}"
 
 
 class SyncPoint(Step):
@@ -209,7 +174,7 @@ class Sysctl(Step):
             os.close(fd)
 
     def shell(self, root: str) -> str:
-        return f"sysctl -w {_q(self.key + '=' + self.value)}"
+        return f"sysctl -w {quote(self.key + '=' + self.value)}"
 
 
 class SetDomainname(Step):
@@ -227,7 +192,7 @@ class SetDomainname(Step):
             os.close(fd)
 
     def shell(self, root: str) -> str:
-        return f"domainname {_q(self.name)}"
+        return f"domainname {quote(self.name)}"
 
 
 class NoPivot(Step):
@@ -243,50 +208,7 @@ class NoPivot(Step):
         os.chdir("/")
 
     def shell(self, root: str) -> str:
-        return f"cd {_q(root)} && mount --move . / && chroot ."
-
-
-class ReadonlyPath(Step):
-    """``linux.readonlyPaths``: a read-only bind of the path onto itself (skipped when absent)."""
-
-    __slots__ = ("path",)
-    what = "making a path read-only"
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def apply(self, root: str) -> None:
-        if not os.path.lexists(self.path):
-            return
-        _libc.mount(self.path, self.path, None, _libc.MS_BIND | _libc.MS_REC)
-        kept = os.statvfs(self.path).f_flag & (_libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC)
-        _libc.mount(None, self.path, None, _libc.MS_BIND | _libc.MS_REMOUNT | _libc.MS_RDONLY | kept)
-
-    def shell(self, root: str) -> str:
-        return f"mount --bind {_q(self.path)} {_q(self.path)} && mount -o remount,bind,ro {_q(self.path)}"
-
-
-class MaskedPath(Step):
-    """``linux.maskedPaths``, after pivot_root: /dev/null over a file, an empty read-only tmpfs over a dir."""
-
-    __slots__ = ("path",)
-    what = "masking a path"
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def apply(self, root: str) -> None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            _libc.mount("tmpfs", self.path, "tmpfs", _libc.MS_RDONLY)
-        else:
-            _libc.mount("/dev/null", self.path, None, _libc.MS_BIND)
-
-    def shell(self, root: str) -> str:
-        return f"mount --bind /dev/null {_q(self.path)}  # or a read-only tmpfs over a directory"
+        return f"cd {quote(root)} && mount --move . / && chroot ."
 
 
 from isolate.process.terminal import open_pty_pair  # noqa: E402 - shared with isolate run -it
@@ -344,22 +266,14 @@ class CheckExecutable(Step):
                 return
             denied = path
         if denied is not None:
-            raise _ExecLookupError("noexec", f'exec: "{self.argv0}": {denied}: permission denied', errno.EACCES)
+            raise ExecLookupError("noexec", f'exec: "{self.argv0}": {denied}: permission denied', errno.EACCES)
         if "/" in self.argv0:
-            raise _ExecLookupError("notfound", f'exec: "{self.argv0}": stat {self.argv0}: no such file or directory',
+            raise ExecLookupError("notfound", f'exec: "{self.argv0}": stat {self.argv0}: no such file or directory',
                                    errno.ENOENT)  # fmt: skip
-        raise _ExecLookupError("notfound", f'exec: "{self.argv0}": executable file not found in $PATH', errno.ENOENT)
+        raise ExecLookupError("notfound", f'exec: "{self.argv0}": executable file not found in $PATH', errno.ENOENT)
 
     def shell(self, root: str) -> str:
-        return f"command -v {_q(self.argv0)}"
-
-
-class _ExecLookupError(Exception):
-    def __init__(self, kind: str, message: str, code: int) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.code = code
+        return f"command -v {quote(self.argv0)}"
 
 
 class WaitForStart(Step):
@@ -436,7 +350,7 @@ class RunHooks(Step):
                 raise OSError(errno.EIO, f"startContainer hook {hook['path']} failed: status {status}")
 
     def shell(self, root: str) -> str:
-        return "; ".join(_q(h["path"]) for h in self.hooks)
+        return "; ".join(quote(h["path"]) for h in self.hooks)
 
 
 def _env(items: list[str] | None) -> dict[str, str]:
@@ -528,7 +442,7 @@ class ApparmorExec(Step):
         raise OSError(errno.ENOENT, "no /proc/self/attr/apparmor/exec: is AppArmor enabled?")
 
     def shell(self, root: str) -> str:
-        return f"aa-exec -p {_q(self.profile)} --"
+        return f"aa-exec -p {quote(self.profile)} --"
 
 
 class SetRlimits(Step):

@@ -23,6 +23,7 @@ from isolate.plan.steps import (
     SetHostname,
     SetUser,
     Step,
+    Template,
     UnshareCgroupNamespace,
 )
 
@@ -111,10 +112,8 @@ def cgroup_dirs(config: SandboxConfig, sandbox_id: str) -> tuple[str | None, dic
                 "/sys/fs/cgroup (mount -t cgroup2 none /sys/fs/cgroup); isolate doctor shows the layout"
             )
         return None, {}
-    if backend.version == "v1":  # type: ignore[attr-defined]
-        share_pid = "pid" in config.shared
-        return "v1", backend.dirs(sandbox_id, config.cgroup_parent, limits, share_pid)  # type: ignore[attr-defined]
-    return "v2", backend.dirs(sandbox_id, config.cgroup_parent)  # type: ignore[attr-defined]
+    share_pid = "pid" in config.shared
+    return backend.version, backend.dirs(sandbox_id, config.cgroup_parent, limits, share_pid)
 
 
 def _subordinate(path: str, names: tuple[str, ...]) -> tuple[int, int] | None:
@@ -164,25 +163,6 @@ def _seccomp_program(config: SandboxConfig) -> bytes | None:
         return f.read()
 
 
-class Template:
-    """A plan kept to make the plans of the next runs of one configuration (next_plan).
-
-    Building a plan costs about 0.15 ms here, sending it whole to the zygote a pickle, and
-    unpickling it in each freshly cloned child about 0.5 ms of page faults (its objects land
-    in memory shared with the zygote).  The zygote keeps its own copy of a template by
-    ``token`` instead, and a run sends only its identity (Plan.identity).
-    """
-
-    __slots__ = ("plan", "key", "made", "token")
-    _tokens = iter(range(1, 1 << 62))
-
-    def __init__(self, plan: Plan, key: str, made: float) -> None:
-        self.plan = plan
-        self.key = key  # the configuration it was built for (repr of its __dict__: Sandbox._prestart)
-        self.made = made  # time.monotonic() when built: an old template is built again
-        self.token = next(Template._tokens)  # unique in this process: what names it to the zygote
-
-
 def next_plan(template: Template, config: SandboxConfig, sandbox_id: str) -> Plan:
     """build_plan(config, sandbox_id, ...) for the configuration ``template`` was built for,
     made from the template instead (Plan.with_identity)."""
@@ -222,12 +202,12 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
         # The parent makes the cgroup while the child mounts the root; the child then joins
         # before anything of the command's runs (and before isolate's init forks).  In a user
         # namespace the cgroup's files are the host root's: the parent moves the child.
-        from isolate.cgroups.base import join_files
+        from isolate.cgroups.base import attach_files, join_files
 
         if userns is None:
             join = [AwaitCgroup(), JoinCgroup(join_files(version, dirs)), UnshareCgroupNamespace()]
         else:
-            parent_joins = sorted({f"{d}/cgroup.procs" for d in dirs.values()})
+            parent_joins = attach_files(dirs)
             steps.append(UnshareCgroupNamespace())
         if config.init:
             steps += join

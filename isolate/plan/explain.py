@@ -46,7 +46,7 @@ def explain(plan: Plan) -> list[str]:
 
         backend = cgroups.backend()
         group = cgroups.open_cgroup(plan.cgroup_version, plan.cgroup_dirs)
-        writes = group.describe(plan.limits) if backend is not None else []  # type: ignore[attr-defined]
+        writes = group.describe(plan.limits) if backend is not None else []
         lines += cgroup_lines(plan, writes)
     if plan.userns:
         maps = ", ".join(f"{a} {b} {c}" for a, b, c in plan.userns)

@@ -18,7 +18,7 @@ import os
 
 from isolate import _libc
 from isolate.errors import ConfigError
-from isolate.plan.steps import Mount, Step, _q
+from isolate.plan.steps import Mount, Step, quote
 
 CAPS = [
     "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
@@ -187,20 +187,25 @@ def mask_steps(root: str) -> list[Step]:
 
 
 class MaskPath(Step):
-    """Hide a path: /dev/null over a file, an empty read-only tmpfs over a directory."""
+    """Hide a path: /dev/null over a file, an empty read-only tmpfs over a directory.
 
-    __slots__ = ("path", "null")
+    ``null`` is the /dev/null to bind, as this step sees it; ``after_pivot``: the step runs
+    once the new root is / (the OCI front end's ``linux.maskedPaths``).
+    """
+
+    __slots__ = ("path", "null", "after_pivot")
     what = "masking a path"
 
-    def __init__(self, path: str, null: str) -> None:
+    def __init__(self, path: str, null: str = "/dev/null", after_pivot: bool = False) -> None:
         self.path = path
         self.null = null
+        self.after_pivot = after_pivot
 
     def apply(self, root: str) -> None:
         from isolate.plan.steps import resolve_in_root
 
         try:
-            target = resolve_in_root(root, self.path)
+            target = resolve_in_root("/" if self.after_pivot else root, self.path)
         except FileNotFoundError:
             return  # this kernel has no such file: nothing to hide
         if os.path.isdir(target):
@@ -209,5 +214,5 @@ class MaskPath(Step):
             _libc.mount(self.null, target, None, _libc.MS_BIND)
 
     def shell(self, root: str) -> str:
-        target = _q(root + self.path)
+        target = quote(self.path if self.after_pivot else root + self.path)
         return f"[ -d {target} ] && mount -t tmpfs -o ro tmpfs {target} || mount --bind /dev/null {target}"

@@ -18,7 +18,6 @@ TYPE_CHECKING = False  # typing and shlex cost milliseconds to import; shell() i
 if TYPE_CHECKING:
     from typing import Any
 
-    from isolate.plan.builder import Template
 
 _MS_NAMES = [
     (_libc.MS_RDONLY, "ro"),
@@ -195,12 +194,12 @@ class Mount(Step):
             opts.append(self.data)
         if self.flags & _libc.MS_BIND:
             kind = "--rbind" if self.flags & _libc.MS_REC else "--bind"
-            cmd = f"mount {kind} {_q(self.source)} {_q(target)}"
+            cmd = f"mount {kind} {quote(self.source)} {quote(target)}"
             if self.flags & _libc.MS_RDONLY:
-                cmd += f" && mount -o remount,bind,ro {_q(target)}"
+                cmd += f" && mount -o remount,bind,ro {quote(target)}"
             return cmd
-        optstr = f" -o {_q(','.join(opts))}" if opts else ""
-        return f"mount -t {self.fstype}{optstr} {_q(self.source)} {_q(target)}"
+        optstr = f" -o {quote(','.join(opts))}" if opts else ""
+        return f"mount -t {self.fstype}{optstr} {quote(self.source)} {quote(target)}"
 
 
 class MakeDir(Step):
@@ -220,7 +219,7 @@ class MakeDir(Step):
 
     def shell(self, root: str) -> str:
         path = self.path if self.host_path else root + self.path
-        return f"mkdir -p -m {self.mode:o} {_q(path)}"
+        return f"mkdir -p -m {self.mode:o} {quote(path)}"
 
 
 class Symlink(Step):
@@ -248,30 +247,47 @@ class Symlink(Step):
 
     def shell(self, root: str) -> str:
         path = self.path if self.host_path else root + self.path
-        return f"ln -s {_q(self.target)} {_q(path)}"
+        return f"ln -s {quote(self.target)} {quote(path)}"
 
 
 class MakeDevice(Step):
-    """A character device node; /dev is a fresh tmpfs, so only what is listed exists."""
+    """A device node.  ``isolate run``'s /dev is a fresh tmpfs, so only what is listed exists;
+    the OCI front end makes ``linux.devices`` (replacing what the image has there, as runc
+    does) and, in a user namespace, where mknod is refused, binds the host's node instead."""
 
-    __slots__ = ("path", "major", "minor", "mode")
+    __slots__ = ("path", "major", "minor", "mode", "kind", "uid", "gid", "bind")
+    what = "mknod"
 
-    def __init__(self, path: str, major: int, minor: int, mode: int = 0o666) -> None:
+    def __init__(self, path: str, major: int, minor: int, mode: int = 0o666, kind: str = "c",
+                 uid: int | None = None, gid: int | None = None, bind: bool = False) -> None:  # fmt: skip
         self.path = path
         self.major = major
         self.minor = minor
-        self.mode = mode
-
-    what = "mknod"
+        self.mode = mode & 0o7777
+        self.kind = kind  # as mknod(1) spells it: c (or u), b, p
+        self.uid = uid
+        self.gid = gid
+        self.bind = bind
 
     def apply(self, root: str) -> None:
         parent, name = os.path.split(self.path)
-        path = os.path.join(resolve_in_root(root, parent, "dir"), name)
-        os.mknod(path, stat.S_IFCHR | self.mode, os.makedev(self.major, self.minor))
-        os.chmod(path, self.mode)
+        target = os.path.join(resolve_in_root(root, parent, "dir"), name)
+        if os.path.lexists(target):
+            os.unlink(target)
+        if self.bind:
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+            _libc.mount(self.path, target, None, _libc.MS_BIND)
+            return
+        kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[self.kind]
+        os.mknod(target, kind | self.mode, os.makedev(self.major, self.minor))
+        os.chmod(target, self.mode)  # mknod's mode is cut by the umask
+        if self.uid is not None and self.gid is not None:
+            os.chown(target, self.uid, self.gid)
 
     def shell(self, root: str) -> str:
-        return f"mknod -m {self.mode:o} {root}{self.path} c {self.major} {self.minor}"
+        if self.bind:
+            return f"touch {quote(root + self.path)} && mount --bind {quote(self.path)} {quote(root + self.path)}"
+        return f"mknod -m {self.mode:o} {quote(root + self.path)} {self.kind} {self.major} {self.minor}"
 
 
 class PivotRoot(Step):
@@ -289,7 +305,7 @@ class PivotRoot(Step):
         os.chdir("/")
 
     def shell(self, root: str) -> str:
-        return f"cd {_q(root)} && pivot_root . . && umount -l . && cd /"
+        return f"cd {quote(root)} && pivot_root . . && umount -l . && cd /"
 
 
 class Chroot(Step):
@@ -304,7 +320,7 @@ class Chroot(Step):
         os.chdir("/")
 
     def shell(self, root: str) -> str:
-        return f"chroot {_q(root)}"
+        return f"chroot {quote(root)}"
 
 
 class RemountRootReadOnly(Step):
@@ -323,21 +339,38 @@ class RemountRootReadOnly(Step):
 
 
 class RemountReadOnly(Step):
-    """Make a mount point read-only once what it holds was mounted (e.g. /sys/fs/cgroup's tmpfs)."""
+    """Make a path read-only: a mount point once what it holds was mounted (/sys/fs/cgroup's
+    tmpfs), or with ``bind`` any path, bound onto itself first (OCI ``linux.readonlyPaths``).
 
-    __slots__ = ("path",)
+    ``after_pivot``: the step runs once the new root is / (the OCI front end's masked and
+    read-only paths); ``missing_ok``: a path this kernel or image lacks is skipped.
+    """
+
+    __slots__ = ("path", "bind", "after_pivot", "missing_ok")
     what = "read-only remount"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, bind: bool = False, after_pivot: bool = False, missing_ok: bool = False) -> None:
         self.path = path
+        self.bind = bind
+        self.after_pivot = after_pivot
+        self.missing_ok = missing_ok
 
     def apply(self, root: str) -> None:
-        target = resolve_in_root(root, self.path)
+        try:
+            target = resolve_in_root("/" if self.after_pivot else root, self.path)
+        except FileNotFoundError:
+            if self.missing_ok:
+                return
+            raise
+        if self.bind:
+            _libc.mount(target, target, None, _libc.MS_BIND | _libc.MS_REC)
         flags = os.statvfs(target).f_flag & _KEEP_ON_REMOUNT
         _libc.mount(None, target, None, _libc.MS_REMOUNT | _libc.MS_BIND | _libc.MS_RDONLY | flags)
 
     def shell(self, root: str) -> str:
-        return f"mount -o remount,bind,ro {_q(root + self.path)}"
+        target = quote(self.path if self.after_pivot else root + self.path)
+        bind = f"mount --bind {target} {target} && " if self.bind else ""
+        return f"{bind}mount -o remount,bind,ro {target}"
 
 
 class SetHostname(Step):
@@ -352,7 +385,7 @@ class SetHostname(Step):
         _libc.sethostname(self.name)
 
     def shell(self, root: str) -> str:
-        return f"hostname {_q(self.name)}"
+        return f"hostname {quote(self.name)}"
 
 
 class LoopbackUp(Step):
@@ -384,7 +417,7 @@ class Chdir(Step):
         os.chdir(self.path)
 
     def shell(self, root: str) -> str:
-        return f"cd {_q(self.path)}"
+        return f"cd {quote(self.path)}"
 
 
 class NoNewPrivs(Step):
@@ -443,7 +476,7 @@ class JoinCgroup(Step):
                 os.close(fd)
 
     def shell(self, root: str) -> str:
-        return " && ".join(f"echo $$ > {_q(path)}" for path in self.files)
+        return " && ".join(f"echo $$ > {quote(path)}" for path in self.files)
 
 
 class AwaitCgroup(Step):
@@ -569,7 +602,7 @@ class Plan:
         self.parent_joins = parent_joins or []  # cgroup files the parent writes the child's pid to
         self.trace_fd = trace_fd  # each step executed is written here as shell (ISOLATE_TRACE)
         self.spare_fd = -1  # a spare's socket: the run's command and stdio come from it (supervisor.Spare)
-        self.template: Template | None = None  # builder.Template this plan was made from (with_identity), in the caller
+        self.template: Template | None = None  # the Template this plan was made from (with_identity), in the caller
 
     def identity(self) -> tuple[str, dict[str, str], list[str]]:
         """What tells this plan from another run's of the same configuration: the sandbox id,
@@ -628,11 +661,31 @@ class Plan:
             flags.insert(0, (_libc.CLONE_NEWUSER, "--user"))
         lines = ["unshare " + " ".join(n for _, n in flags)]
         lines += [s.shell(self.root) for s in self.steps]
-        lines.append("exec " + " ".join(_q(a) for a in self.argv))
+        lines.append("exec " + " ".join(quote(a) for a in self.argv))
         return lines
 
 
-def _q(text: str) -> str:
+class Template:
+    """A plan kept to make the plans of the next runs of one configuration (next_plan).
+
+    Building a plan costs about 0.15 ms here, sending it whole to the zygote a pickle, and
+    unpickling it in each freshly cloned child about 0.5 ms of page faults (its objects land
+    in memory shared with the zygote).  The zygote keeps its own copy of a template by
+    ``token`` instead, and a run sends only its identity (Plan.identity).
+    """
+
+    __slots__ = ("plan", "key", "made", "token")
+    _tokens = iter(range(1, 1 << 62))
+
+    def __init__(self, plan: Plan, key: str, made: float) -> None:
+        self.plan = plan
+        self.key = key  # the configuration it was built for (repr of its __dict__: Sandbox._prestart)
+        self.made = made  # time.monotonic() when built: an old template is built again
+        self.token = next(Template._tokens)  # unique in this process: what names it to the zygote
+
+
+def quote(text: str) -> str:
+    """``text`` as one shell word, for a step's shell form (--explain)."""
     import shlex
 
     return shlex.quote(text)

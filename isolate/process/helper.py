@@ -147,9 +147,14 @@ _the_pool: HelperPool | None = None
 
 
 def make_pool() -> HelperPool:
-    """The process's one pool (thread-safe: two threads may ask at once)."""
+    """The process's one pool, made on first use (thread-safe: two threads may ask at once)."""
     global _the_pool
     with _pool_lock:
         if _the_pool is None:
             _the_pool = HelperPool()
         return _the_pool
+
+
+def current_pool() -> HelperPool | None:
+    """The process's pool if a run has needed one yet, else None."""
+    return _the_pool

@@ -11,12 +11,12 @@ sandbox stays as PID 1, forks the command as PID 2 in a process group of its own
 - exits with the command's status (128 + N when a signal N ended it), which ends the
   sandbox: the kernel kills what is left in the namespace.
 
-PID 1 forks as soon as it has joined the sandbox's cgroup (spawn._child): the forked
+PID 1 forks as soon as it has joined the sandbox's cgroup (spawn.child_main): the forked
 worker builds the root and execs the command, so the init, which lives as long as the
 sandbox, has touched almost none of the Python memory it shares copy-on-write with its
 parent (measured: ~2 MiB less private memory per idle sandbox than an init that ran the
 setup itself).  pivot_root moves the root of every process of the mount namespace, the
-init's too.  It imports nothing once running (see spawn._exec).
+init's too.  It imports nothing once running (see isolate.process.child).
 """
 
 from __future__ import annotations

@@ -8,14 +8,13 @@ setup failure back to the parent: end-of-file without data means the exec succee
 from __future__ import annotations
 
 import _signal as signal  # not "signal": it imports enum, slow at start-up
-import errno
 import gc
 import os
 import select
 
 from isolate import _libc
-from isolate.errors import CommandNotExecutableError, CommandNotFoundError, SetupError
 from isolate.plan.steps import AwaitCgroup, JoinCgroup, Plan, UnshareCgroupNamespace
+from isolate.process import child
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -85,7 +84,7 @@ def begin(plan: Plan, stdio: tuple[int, int, int], meanwhile: Callable[[], None]
     try:
         pid = _libc.clone_fork(plan.clone_flags)
         if pid == 0:
-            _child(plan, stdio, errw, errr, gor, gow)  # never returns
+            child_main(plan, stdio, errw, errr, gor, gow)  # never returns
         os.close(errw)
         errw = -1
         if gow >= 0:
@@ -124,15 +123,10 @@ def begin(plan: Plan, stdio: tuple[int, int, int], meanwhile: Callable[[], None]
 
 def await_exec(pid: int, errr: int) -> int:
     """``pid`` once it exec'd its command (end-of-file on the close-on-exec pipe ``errr``)."""
-    report = b""
-    try:
-        while chunk := os.read(errr, 65536):
-            report += chunk
-    finally:
-        os.close(errr)
+    report = child.read_report(errr)
     if report:
         os.waitpid(pid, 0)
-        raise _decode_failure(report)
+        raise child.decode_failure(report)
     return pid
 
 
@@ -145,7 +139,7 @@ def _receive_run(plan: Plan) -> None:
     if len(fds) != 3:
         os._exit(125)  # the parent discarded us
     plan.argv = [os.fsdecode(a) for a in message.split(b"\0")]
-    _setup_stdio((fds[0], fds[1], fds[2]))
+    child.setup_stdio(fds)
     for fd in fds:
         os.close(fd)
     sock.close()
@@ -159,11 +153,8 @@ def _map_ids(pid: int, maps: list[tuple[int, int, int]]) -> None:
     /etc/subuid and /etc/subgid.
     """
     if os.geteuid() == 0 or len(maps) == 1:
-        if os.geteuid() != 0:
-            _write_proc(pid, "setgroups", "deny")
         gid_maps = maps if os.geteuid() == 0 else [(0, os.getegid(), 1)]
-        _write_proc(pid, "uid_map", "".join(f"{a} {b} {c}\n" for a, b, c in maps))
-        _write_proc(pid, "gid_map", "".join(f"{a} {b} {c}\n" for a, b, c in gid_maps))
+        child.write_id_maps(pid, maps, gid_maps, deny_setgroups=os.geteuid() != 0)
         return
     import subprocess
 
@@ -176,14 +167,6 @@ def _map_ids(pid: int, maps: list[tuple[int, int, int]]) -> None:
             from isolate.errors import HostSupportError
 
             raise HostSupportError(f"{tool} failed: {done.stderr.strip()}; check /etc/subuid and /etc/subgid")
-
-
-def _write_proc(pid: int, name: str, text: str) -> None:
-    fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
 
 
 def reap(pid: int) -> tuple[int, float, float]:
@@ -232,8 +215,10 @@ def _signal_masks(pid: int) -> tuple[int, int]:
     return caught, ignored
 
 
-def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: int = -1, gow: int = -1) -> None:
-    """Runs in the new namespaces.  Never returns: execs the command or exits."""
+def child_main(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: int = -1, gow: int = -1) -> None:
+    """Runs in the new namespaces (cloned by ``begin``, or by the zygote).  Never returns:
+    the sandbox's own prelude (user namespace ids, PID 1, session, stdio, a spare's
+    descriptors), then the setup every front end shares (``child.run``)."""
     what = "starting the sandbox"
     step = None
     try:
@@ -255,7 +240,7 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: i
         poller = select.poll()
         poller.register(errw, select.POLLOUT)
         if any(ev & select.POLLERR for _, ev in poller.poll(0)):
-            os._exit(125)
+            os._exit(child.EXIT_SETUP_FAILED)
         first = 0
         if plan.init:
             # Join the cgroup (and its namespace) as PID 1, then leave the rest to a worker:
@@ -274,7 +259,7 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: i
             if worker != 0:
                 become_init(worker, errw)
         os.setsid()
-        _setup_stdio(stdio)  # with a tty, stdin is a socket: see terminal.TerminalFromSandbox
+        child.setup_stdio(stdio)  # with a tty, stdin is a socket: see terminal.TerminalFromSandbox
         if plan.spare_fd >= 0:
             # A spare may wait long for its run: it keeps none of the caller's descriptors
             # (a pipe or socket the caller closes must reach its end-of-file meanwhile).
@@ -283,79 +268,8 @@ def _child(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, gor: i
                 os.closerange(low, fd)
                 low = fd + 1
             os.closerange(low, 0x7FFFFFFF)
-        _libc.close_range_cloexec(3)
-        os.set_inheritable(errw, False)
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        for step in plan.steps[first:]:
-            step.apply(plan.root)
-            if plan.trace_fd >= 0:
-                os.write(plan.trace_fd, (step.shell(plan.root) + "\n").encode())
-        step = None
-        if plan.spare_fd >= 0:
-            what = "waiting for the run"
-            _receive_run(plan)
-        _exec(plan, errw)
     except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
-        if step is not None:
-            what = step.shell(plan.root)
-        _report(errw, what, exc)
-    finally:
-        os._exit(125)
-
-
-def _setup_stdio(stdio: tuple[int, int, int]) -> None:
-    # Move the sources out of 0..2 first so that dup2 cannot overwrite one still needed.
-    high = [os.dup(fd) if fd < 3 else fd for fd in stdio]
-    for target, fd in enumerate(high):
-        os.dup2(fd, target, inheritable=True)
-
-
-def _exec(plan: Plan, errw: int) -> None:
-    # No os.execvpe: it imports warnings, and after pivot_root nothing can be imported (the
-    # host's Python is not in the sandbox).  The child imports nothing from here on.
-    argv = plan.argv
-    candidates = [argv[0]] if "/" in argv[0] else [f"{d or '.'}/{argv[0]}" for d in plan.env.get("PATH", "").split(":")]
-    first_error: OSError | None = None
-    last_error: OSError = FileNotFoundError(errno.ENOENT, "not found")
-    for path in candidates:
-        try:
-            os.execve(path, argv, plan.env)
-        except OSError as exc:
-            last_error = exc
-            # As execvp(3): keep searching past ENOENT/ENOTDIR, report the first other error.
-            if exc.errno not in (errno.ENOENT, errno.ENOTDIR) and first_error is None:
-                first_error = exc
-    failure = first_error or last_error
-    if failure.errno in (errno.ENOENT, errno.ENOTDIR):
-        kind = "notfound"
-        msg = f"{argv[0]}: command not found in the sandbox (PATH={plan.env.get('PATH', '')})"
-    else:
-        kind = "noexec"
-        msg = f"{argv[0]}: cannot execute: {os.strerror(failure.errno or 0)}"
-    os.write(errw, f"{kind}\0exec\0{failure.errno or 0}\0{msg}".encode())
-    os._exit(127 if kind == "notfound" else 126)
-
-
-def _report(errw: int, what: str, exc: BaseException) -> None:
-    try:
-        if isinstance(exc, OSError):
-            msg = f"{what} failed: {os.strerror(exc.errno) if exc.errno else exc}"
-            code = exc.errno or 0
-        else:  # a bug in isolate: say where, without importing traceback (see _exec)
-            tb = exc.__traceback__
-            while tb is not None and tb.tb_next is not None:
-                tb = tb.tb_next
-            where = f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else ""
-            msg = f"{what} failed: {exc!r}{where}"
-            code = 0
-        os.write(errw, f"setup\0{what}\0{code}\0{msg}".encode())
-    except BaseException:  # noqa: BLE001
-        pass
-
-
-def _decode_failure(report: bytes) -> SetupError:
-    kind, what, code, msg = report.decode(errors="replace").split("\0", 3)
-    cls = {"notfound": CommandNotFoundError, "noexec": CommandNotExecutableError}.get(kind, SetupError)
-    return cls(msg, step=what, errno=int(code))
+        child.report(errw, child.describe(step, plan.root) if step is not None else what, exc)
+        os._exit(child.EXIT_SETUP_FAILED)
+    wait = ("waiting for the run", lambda: _receive_run(plan)) if plan.spare_fd >= 0 else None
+    child.run(plan.steps[first:], plan.root, plan, errw, trace_fd=plan.trace_fd, before_exec=wait)

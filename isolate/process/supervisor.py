@@ -269,15 +269,13 @@ def _create_cgroup(plan: Plan) -> Cgroup | None:
     from isolate import cgroups
 
     backend = cgroups.backend()
-    if backend is None or backend.version != plan.cgroup_version:  # type: ignore[attr-defined]
+    if backend is None or backend.version != plan.cgroup_version:
         from isolate.errors import HostSupportError
 
         raise HostSupportError("the cgroup layout changed while isolate was running; see isolate doctor")
-    group, writes = backend.create(  # type: ignore[attr-defined]
-        plan.sandbox_id, plan.cgroup_parent, plan.limits, plan.share_pid
-    )
+    group, writes = backend.create(plan.sandbox_id, plan.cgroup_parent, plan.limits, plan.share_pid)
     if plan.trace_fd >= 0:  # what was really done, to compare with --explain (tests do)
         from isolate.plan.explain import cgroup_lines
 
         os.write(plan.trace_fd, "".join(line + "\n" for line in cgroup_lines(plan, writes)).encode())
-    return group  # type: ignore[no-any-return]
+    return group

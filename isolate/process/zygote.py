@@ -285,7 +285,7 @@ def _serve(fd: int, parent: int) -> None:
 
 
 def _start(message: bytes, spare: bool, errw: int, gor: int, rest: list[int], template: Plan | None) -> None:
-    """The cloned child: make its plan, then build the sandbox (spawn._child).
+    """The cloned child: make its plan, then build the sandbox (spawn.child_main).
 
     A whole plan is unpickled here, not in the zygote: the objects it makes would be
     written into pages the zygote shares with the spares still alive, so each run the
@@ -294,7 +294,8 @@ def _start(message: bytes, spare: bool, errw: int, gor: int, rest: list[int], te
     only a copy of the few steps that differ (Plan.with_identity): about 0.5 ms less.
     """
     from isolate.plan.steps import AwaitCgroup
-    from isolate.process.spawn import _child, _report
+    from isolate.process import child
+    from isolate.process.spawn import child_main
 
     try:
         if template is not None:
@@ -311,6 +312,6 @@ def _start(message: bytes, spare: bool, errw: int, gor: int, rest: list[int], te
         else:
             stdio = (rest[0], rest[1], rest[2])
     except BaseException as exc:  # noqa: BLE001 - everything must reach the caller
-        _report(errw, "starting the sandbox", exc)
-        os._exit(125)
-    _child(plan, stdio, errw, -1, gor, -1)  # never returns
+        child.report(errw, "starting the sandbox", exc)
+        os._exit(child.EXIT_SETUP_FAILED)
+    child_main(plan, stdio, errw, -1, gor, -1)  # never returns
