@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ISOLATE_BIN, cli, processes_matching, sandbox_cgroups, state_entries
+from support.commands import ISOLATE_BIN, cli
+from support.host import processes_matching, sandbox_cgroups, state_entries
 
 from isolate.config import DEFAULT_STATE_DIR
 from isolate.detached.monitor import socket_path

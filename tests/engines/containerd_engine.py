@@ -535,13 +535,9 @@ def shims(socket: Path) -> list[int]:
 
 
 def _cgroup_mounts() -> list[str]:
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[fields.index("-") + 1] in ("cgroup", "cgroup2"):
-                found.append(fields[4])
-    return found
+    from support.host import cgroup_mounts
+
+    return cgroup_mounts()
 
 
 def daemon_cgroups(base: Path) -> list[str]:
@@ -552,7 +548,7 @@ def daemon_cgroups(base: Path) -> list[str]:
 
 def cgroup_pids(base: Path) -> set[int]:
     """The processes in ``cgroup_parent(base)`` and below, in any hierarchy."""
-    from conftest import pids_in_cgroups
+    from support.host import pids_in_cgroups
 
     return pids_in_cgroups(daemon_cgroups(base))
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require
 from podman_images import (
     CMD_OUTPUT,
     HELLO,
@@ -24,6 +23,8 @@ from podman_images import (
     podman,
     store_cgroups,
 )
+from support.commands import require
+from support.host import mountinfo
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +120,7 @@ def store_processes(store: Path) -> list[int]:
 
 
 def mount_count() -> int:
-    with open("/proc/self/mountinfo") as f:
-        return sum(1 for _ in f)
+    return len(mountinfo())
 
 
 def test_cleanup_stops_containers_and_leaves_nothing(built: tuple[BuiltImages, Path], tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import cli
 from oci_layouts import make_layout
+from support.commands import cli
 
 from isolate import ConfigError, Sandbox
 from isolate.images import ImageError, ImageStore
@@ -231,7 +231,7 @@ def _tar(root: Path) -> str:
 def test_progress_bar_on_a_terminal_only(store: ImageStore, busybox_root: Path) -> None:
     import pty
 
-    from conftest import ISOLATE_BIN
+    from support.commands import ISOLATE_BIN
 
     tarball = _tar(busybox_root)
     quiet = cli("image", "--root", store.root, "import", tarball, "--name", "q")

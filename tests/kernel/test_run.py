@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import helper_sockets, host_mounts, open_fds, processes_matching, state_entries
+from support.host import helper_sockets, host_mounts, open_fds, processes_matching, state_entries
 
 from isolate import CommandNotExecutableError, CommandNotFoundError, ConfigError, Sandbox, SetupError
 from isolate.sandbox import HELPER_THRESHOLD
@@ -131,7 +131,7 @@ def test_helper_ends_sandboxes_when_the_caller_dies(busybox_root: Path, marker: 
 
 
 def test_sandbox_dies_with_the_isolate_process(busybox_root: Path, marker: str) -> None:
-    from conftest import ISOLATE_BIN
+    from support.commands import ISOLATE_BIN
 
     proc = subprocess.Popen(
         [ISOLATE_BIN, "run", "--rootfs", str(busybox_root), "--", "sh", "-c", "sleep 100; true", marker]
@@ -143,7 +143,8 @@ def test_sandbox_dies_with_the_isolate_process(busybox_root: Path, marker: str) 
         proc.wait()
     _wait_for(lambda: processes_matching(marker) == [])
     # A killed supervisor cannot remove the sandbox's cgroup or lock; `isolate gc` does.
-    from conftest import cli, sandbox_cgroups, state_entries
+    from support.commands import cli
+    from support.host import sandbox_cgroups, state_entries
 
     left = sandbox_cgroups()
     assert len({os.path.basename(d) for d in left}) == (1 if left else 0)
@@ -178,7 +179,7 @@ def test_concurrent_runs(busybox_root: Path) -> None:
 
 
 def _children() -> set[int]:
-    from conftest import sandbox_children
+    from support.host import sandbox_children
 
     return set(sandbox_children())
 

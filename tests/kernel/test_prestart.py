@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import cli, open_fds, processes_matching, sandbox_cgroups, sandbox_children, state_entries
+from support.commands import cli
+from support.host import open_fds, processes_matching, sandbox_cgroups, sandbox_children, state_entries
 
 from isolate import CommandNotFoundError, Limits, Sandbox
 from isolate.plan.steps import Plan

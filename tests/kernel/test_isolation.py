@@ -176,7 +176,7 @@ def test_rootless_limits_need_a_delegated_cgroup() -> None:
     import shutil
     import subprocess
 
-    from conftest import ISOLATE_BIN
+    from support.commands import ISOLATE_BIN
 
     from isolate import cgroups
 

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from support.commands import cli
 
 from isolate import ConfigError, Sandbox
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import require
 from podman_images import (
     add_runtime,
     cgroup_parent,
@@ -33,6 +32,8 @@ from podman_images import (
     runtime_root,
     store_cgroups,
 )
+from support.commands import require
+from support.host import mountinfo
 
 ISOLATE_OCI = os.environ.get("ISOLATE_TEST_OCI_RUNTIME") or os.path.join(os.path.dirname(sys.executable), "isolate-oci")
 RUNTIME = "isolate"  # the name podman knows it by (the store's containers.conf)
@@ -424,5 +425,7 @@ def test_nothing_left(engine: Engine) -> None:
         left = [d for d in os.listdir(top) if os.path.isdir(os.path.join(top, d)) and d != "conmon"]
         assert left == [], f"{top}: container cgroups left: {left}"
         assert cgroup_procs(top) == [], f"{top}: processes left"
-    with open("/proc/self/mountinfo") as f:
-        assert str(engine.store) not in f.read(), "a mount of the store is visible on the host"
+    store = str(engine.store)
+    assert not [m for m in mountinfo() if store in m.point or store in m.root], (
+        "a mount of the store is visible on the host"
+    )

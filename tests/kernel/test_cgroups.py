@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli, processes_matching
+from support.commands import cli
+from support.host import processes_matching
 
 from isolate import HostSupportError, Sandbox, cgroups
 from isolate.limits import Limits

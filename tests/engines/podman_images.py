@@ -504,14 +504,9 @@ def load_and_run(store: Path, archive: Path, args: list[str]) -> subprocess.Comp
 
 
 def _cgroup_mounts() -> list[str]:
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            fstype = fields[fields.index("-") + 1]
-            if fstype in ("cgroup", "cgroup2"):
-                found.append(fields[4])
-    return found
+    from support.host import cgroup_mounts
+
+    return cgroup_mounts()
 
 
 def store_cgroups(store: Path) -> list[str]:
@@ -524,7 +519,7 @@ def _remove_cgroups(store: Path) -> None:
     tops = store_cgroups(store)
     deadline = time.monotonic() + 10
     while tops:
-        from conftest import pids_in_cgroups
+        from support.host import pids_in_cgroups
 
         for pid in pids_in_cgroups(tops):  # our containers and their conmon: started through this store
             try:
@@ -548,10 +543,9 @@ def _remove_cgroups(store: Path) -> None:
 
 
 def _mounts_below(path: Path) -> list[str]:
-    prefix = str(path.resolve()).rstrip("/") + "/"
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4].replace("\\040", " ") for line in f]
-    return [m for m in points if m.startswith(prefix) or m == prefix.rstrip("/")]
+    from support.host import mount_points
+
+    return mount_points(str(path.resolve()))
 
 
 def cleanup(store: Path) -> None:

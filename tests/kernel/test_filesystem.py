@@ -37,7 +37,7 @@ def test_upper_layer_is_gone_after_the_run(busybox_root: Path) -> None:
     code, out, _ = run(Sandbox(busybox_root), "echo data > /newfile && cat /newfile")
     assert (code, out) == (0, "data\n")
     assert not (busybox_root / "newfile").exists()
-    from conftest import PERMANENT
+    from support.host import PERMANENT
 
     assert set(os.listdir(DEFAULT_STATE_DIR)) <= set(PERMANENT) and os.listdir(f"{DEFAULT_STATE_DIR}/mnt") == []
     assert os.listdir(f"{DEFAULT_STATE_DIR}/locks") == []

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ISOLATE_BIN
+from support.commands import ISOLATE_BIN
 
 
 def explained_and_traced(tmp_path: Path, *args: str) -> tuple[list[str], list[str], subprocess.CompletedProcess[bytes]]:

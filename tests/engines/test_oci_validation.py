@@ -1,7 +1,7 @@
 """The OCI runtime-tools validation suite, run against runc and isolate-oci side by side.
 
 scripts/build-runtime-tools builds the suite offline (cached in /var/cache/isolate/runtime-tools,
-or $ISOLATE_RUNTIME_TOOLS); scripts/oci-validation runs each of its tests against both runtimes,
+or $ISOLATE_RUNTIME_TOOLS); tests/engines/oci-validation runs each of its tests against both runtimes,
 each with a private state root, and cleans up whatever a test leaves.  Not every test passes here
 for any runtime (this host lacks some cgroup v1 controllers, AppArmor, SELinux and
 CAP_SYS_RESOURCE, and the suite has bugs), so runc is the reference: every test runc passes,
@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import require
+from support.commands import require
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
 BUILD = os.path.join(REPO, "scripts", "build-runtime-tools")
-VALIDATION = os.path.join(REPO, "scripts", "oci-validation")
+VALIDATION = os.path.join(HERE, "oci-validation")  # the harness lives with the tests that run it
 ISOLATE_OCI = os.path.join(os.path.dirname(sys.executable), "isolate-oci")
 SUITE = os.environ.get("ISOLATE_RUNTIME_TOOLS", "/var/cache/isolate/runtime-tools")
 RUNC_PASSES_AT_LEAST = 20  # it passes about 32 here: far fewer means the harness is broken

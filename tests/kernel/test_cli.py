@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ISOLATE_BIN, cli, processes_matching
+from support.commands import ISOLATE_BIN, cli
+from support.host import processes_matching
 
 
 def test_exit_status_and_output(busybox_root: Path) -> None:
