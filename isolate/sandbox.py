@@ -461,6 +461,7 @@ class _Run:
         self.timeout_reason: str | None = None  # "wall-time" or "cpu-time"
         self.peak_seen: int | None = None  # memory.current polled, where memory.peak is missing
         self.group: Any = None  # a read-only handle on the sandbox's cgroup, for --time
+        self.held: list[int] = []  # signals that came before the sandbox's pid was known (see _forward)
 
     def run(
         self,
@@ -475,6 +476,11 @@ class _Run:
         child_fds: list[int] = []  # our copies of the child's ends, closed once it started
         parent_fds: dict[int, str] = {}
         healthy = True
+        # Relayed from before the start, not from the wait: a signal that comes while the
+        # sandbox starts (on a slow host, long after its command is running) would otherwise
+        # meet the default action and end isolate itself, sandbox and cgroup left to gc.  On
+        # a terminal, ^C and resizes reach the command through the pty instead.
+        old_handlers = self._forward(forward_signals, skip=(signal.SIGWINCH, signal.SIGINT) if self.plan.tty else ())
         try:
             stdio = []
             for n, (value, want_pipe) in enumerate(((stdin, input is not None), (stdout, capture), (stderr, capture))):
@@ -512,6 +518,8 @@ class _Run:
                     )
                 else:
                     self.pid, self.pidfd = self.engine.start(self.plan, (stdio[0], stdio[1], stdio[2]))
+                while self.held:  # what came during the start, now that there is a pid to send it to
+                    self._relay(self.held.pop(0))
                 if sock is not None:
                     from isolate.process.terminal import receive_primary
 
@@ -530,15 +538,10 @@ class _Run:
                     from isolate.process.terminal import interact
 
                     parent_fds[primary] = "tty"
-                    old_handlers = self._forward(forward_signals, skip=(signal.SIGWINCH, signal.SIGINT))
-                    try:
-                        interact(primary, self.pidfd)
-                    finally:
-                        for sig, handler in old_handlers.items():
-                            signal.signal(sig, handler)
-                    out = self._wait({}, None, timeout, False)
+                    interact(primary, self.pidfd)
+                    out = self._wait({}, None, timeout)
                 else:
-                    out = self._wait(parent_fds, input, timeout, forward_signals)
+                    out = self._wait(parent_fds, input, timeout)
                 finished = True
             finally:
                 if not finished:  # interrupted: do not leave the sandbox running
@@ -553,6 +556,8 @@ class _Run:
             healthy = False
             raise
         finally:
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
             if self.pidfd >= 0:
                 os.close(self.pidfd)
             for fd in child_fds + list(parent_fds):
@@ -571,9 +576,7 @@ class _Run:
             timeout_reason=self.timeout_reason, emulated=self.emulated, peak_seen=self.peak_seen,
         )  # fmt: skip
 
-    def _wait(
-        self, pipes: dict[int, str], input: bytes | None, timeout: float | None, forward_signals: bool
-    ) -> dict[str, bytes]:
+    def _wait(self, pipes: dict[int, str], input: bytes | None, timeout: float | None) -> dict[str, bytes]:
         """Pump the pipes until the command exited and its output is drained; enforce time limits."""
         import select  # a C module; selectors would cost ~1 ms of import on every CLI run
 
@@ -591,61 +594,56 @@ class _Run:
             )
         # Below, CPU time and (before Linux 5.19) memory are sampled at this interval.
         interval = 0.02 if cpu_limit is not None or poll_peak else None
-        old_handlers = self._forward(forward_signals)
         poller = select.poll()
         watched = {self.pidfd: "exit"}
-        try:
-            poller.register(self.pidfd, select.POLLIN)
-            for fd, name in list(pipes.items()):
-                if name == "stdin" and not pending:
+        poller.register(self.pidfd, select.POLLIN)
+        for fd, name in list(pipes.items()):
+            if name == "stdin" and not pending:
+                os.close(fd)
+                del pipes[fd]
+                continue
+            if name == "stdin":
+                os.set_blocking(fd, False)
+            poller.register(fd, select.POLLOUT if name == "stdin" else select.POLLIN)
+            watched[fd] = name
+        alive = True
+        while watched:
+            wait = None
+            if alive and deadline is not None:
+                wait = max(0.0, deadline - time.monotonic()) * 1000
+            if alive and interval is not None:
+                wait = min(wait, interval * 1000) if wait is not None else interval * 1000
+            events = poller.poll(wait)
+            if alive and not self.timeout_reason:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._kill("wall-time")
+                elif cpu_limit is not None and self.group.cpu_usage() >= cpu_limit:
+                    self._kill("cpu-time")
+                if self.timeout_reason:
+                    deadline = interval = None
+                if poll_peak:
+                    current = self.group.memory_current() or 0
+                    self.peak_seen = max(self.peak_seen or 0, current)
+            for fd, _ in events:
+                name = watched[fd]
+                if name == "exit":
+                    alive = False
+                elif name == "stdin":
+                    try:
+                        pending = pending[os.write(fd, pending[:65536]) :]
+                    except BrokenPipeError:
+                        pending = pending[:0]
+                    if pending:
+                        continue
                     os.close(fd)
                     del pipes[fd]
-                    continue
-                if name == "stdin":
-                    os.set_blocking(fd, False)
-                poller.register(fd, select.POLLOUT if name == "stdin" else select.POLLIN)
-                watched[fd] = name
-            alive = True
-            while watched:
-                wait = None
-                if alive and deadline is not None:
-                    wait = max(0.0, deadline - time.monotonic()) * 1000
-                if alive and interval is not None:
-                    wait = min(wait, interval * 1000) if wait is not None else interval * 1000
-                events = poller.poll(wait)
-                if alive and not self.timeout_reason:
-                    if deadline is not None and time.monotonic() >= deadline:
-                        self._kill("wall-time")
-                    elif cpu_limit is not None and self.group.cpu_usage() >= cpu_limit:
-                        self._kill("cpu-time")
-                    if self.timeout_reason:
-                        deadline = interval = None
-                    if poll_peak:
-                        current = self.group.memory_current() or 0
-                        self.peak_seen = max(self.peak_seen or 0, current)
-                for fd, _ in events:
-                    name = watched[fd]
-                    if name == "exit":
-                        alive = False
-                    elif name == "stdin":
-                        try:
-                            pending = pending[os.write(fd, pending[:65536]) :]
-                        except BrokenPipeError:
-                            pending = pending[:0]
-                        if pending:
-                            continue
-                        os.close(fd)
-                        del pipes[fd]
-                    else:
-                        data = os.read(fd, 65536)
-                        if data:
-                            chunks[name].append(data)
-                            continue
-                    poller.unregister(fd)
-                    del watched[fd]
-        finally:
-            for sig, handler in old_handlers.items():
-                signal.signal(sig, handler)
+                else:
+                    data = os.read(fd, 65536)
+                    if data:
+                        chunks[name].append(data)
+                        continue
+                poller.unregister(fd)
+                del watched[fd]
         return {k: b"".join(v) for k, v in chunks.items()}
 
     def _kill(self, reason: str) -> None:
@@ -662,11 +660,10 @@ class _Run:
             return {}
 
         def relay(sig: int, _frame: Any) -> None:
-            try:
-                if spawn.deliver(self.pidfd, self.pid, sig, self.plan.new_pid_ns):
-                    self.emulated = sig
-            except ProcessLookupError:
-                pass
+            if self.pidfd < 0:  # still starting: sent once engine.start returned (see run)
+                self.held.append(sig)
+            else:
+                self._relay(sig)
 
         installed: dict[int, Any] = {}
         try:
@@ -678,3 +675,10 @@ class _Run:
                 signal.signal(installed_sig, handler)
             return {}
         return installed
+
+    def _relay(self, sig: int) -> None:
+        try:
+            if spawn.deliver(self.pidfd, self.pid, sig, self.plan.new_pid_ns):
+                self.emulated = sig
+        except ProcessLookupError:
+            pass
