@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from isolate.plan.steps import Plan
 
 _MAX_MSG = 1 << 20
+# How long a client waits for the monitor it started to listen (minutes on no real host).
+START_TIMEOUT = 120.0
 IDLE_EXIT = 1.0  # seconds with nothing running and nobody connected before the monitor exits
 
 
@@ -70,17 +72,20 @@ class _Sandbox:
         self.reason: str | None = None
 
 
-def serve(state_dir: str) -> None:
-    """The monitor's main loop (run in a process of its own)."""
+def serve(state_dir: str, ready: int = -1) -> None:
+    """The monitor's main loop (run in a process of its own).
+
+    ``ready``: a pipe written to once the socket listens, and closed, so that the client
+    that started this monitor connects then, however long the start took (see _connect).
+    """
     from isolate.process.supervisor import Supervisor
     from isolate.sandbox import build_result
 
     os.makedirs(state_dir, 0o700, exist_ok=True)
     lock = os.open(os.path.join(state_dir, "monitor.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return  # another monitor serves this state directory
+    # Only a client that could not connect starts a monitor: one that holds the lock now is
+    # winding down (its socket is gone), and this one takes over once it exited.
+    fcntl.flock(lock, fcntl.LOCK_EX)
     path = socket_path(state_dir)
     try:
         os.unlink(path)  # left by a monitor that was killed: its lock is free, so it is gone
@@ -90,6 +95,9 @@ def serve(state_dir: str) -> None:
     listener.bind(path)
     os.chmod(path, 0o600)
     listener.listen(64)
+    if ready >= 0:
+        os.write(ready, b"1")
+        os.close(ready)
     from isolate.process import zygote
 
     zygote.start()  # forked now, while this process is small; it clones every sandbox
@@ -258,36 +266,71 @@ def start_detached(state_dir: str, plan: Plan, record: dict[str, Any], stdio: tu
 
 def _connect(state_dir: str) -> socket.socket:
     path = socket_path(state_dir)
-    next_spawn = 0.0
-    deadline = time.monotonic() + 10
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            sock.connect(path)
-            return sock
-        except OSError as exc:
-            sock.close()
-            if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED):
-                raise
-        if time.monotonic() > deadline:
-            raise IsolateError(f"cannot reach the isolate monitor at {path}; see {state_dir}/monitor.log")
-        if time.monotonic() >= next_spawn:
-            # Again after a while: a monitor that was winding down refuses the lock and exits.
+    sock = _try_connect(path)
+    if sock is not None:
+        return sock
+    # Nobody listens: start a monitor, one client at a time.  The others wait on this lock
+    # (as long as the start takes: a slow host must not lose a start) and then find it
+    # listening; starting one each would only slow the one that will serve them all.
+    os.makedirs(state_dir, 0o700, exist_ok=True)
+    lock = os.open(os.path.join(state_dir, "monitor.start"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        # More than once: a monitor this client started can go idle and exit before the
+        # client gets to connect (IDLE_EXIT), when the host stalls for that long.
+        for _ in range(5):
+            sock = _try_connect(path)
+            if sock is not None:
+                return sock
             _spawn_monitor(state_dir)
-            next_spawn = time.monotonic() + 0.5
-        time.sleep(0.005)
+    finally:
+        os.close(lock)
+    raise IsolateError(f"cannot reach the isolate monitor at {path}; see {state_dir}/monitor.log")
+
+
+def _try_connect(path: str) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.connect(path)
+        return sock
+    except OSError as exc:
+        sock.close()
+        if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+            raise
+    return None
 
 
 def _spawn_monitor(state_dir: str) -> None:
-    """Start a monitor that is nobody's child here: the launcher forks it and exits at once."""
+    """Start a monitor that is nobody's child here (the launcher forks it and exits at once);
+    returns once it listens, or once it exited without (its log says why)."""
     import subprocess
     import sys
 
-    os.makedirs(state_dir, 0o700, exist_ok=True)
-    code = f"import os\nif os.fork() == 0:\n    from isolate.detached.monitor import serve\n    serve({state_dir!r})\n"
-    with open(os.path.join(state_dir, "monitor.log"), "ab") as log:
-        launcher = subprocess.Popen(
-            [sys.executable, "-c", code],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
-        )  # fmt: skip
-    launcher.wait()
+    code = (
+        "import os, sys\n"
+        "if os.fork() == 0:\n"
+        "    from isolate.detached.monitor import serve\n"
+        f"    serve({state_dir!r}, int(sys.argv[1]))\n"
+    )
+    readr, readw = os.pipe2(os.O_CLOEXEC)
+    try:
+        with open(os.path.join(state_dir, "monitor.log"), "ab") as log:
+            launcher = subprocess.Popen(
+                [sys.executable, "-c", code, str(readw)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, pass_fds=(readw,),
+            )  # fmt: skip
+        os.close(readw)
+        readw = -1
+        launcher.wait()
+        # b"1" once it listens; b"" (end of file) when it exited first.  Bounded: a monitor
+        # that waits behind a predecessor hung with monitor.lock would hold every client.
+        if not select.select([readr], [], [], START_TIMEOUT)[0]:
+            raise IsolateError(
+                f"the isolate monitor did not start listening within {START_TIMEOUT:.0f} s; "
+                f"see {state_dir}/monitor.log, and end a stuck monitor (pgrep -f 'isolate.detached.monitor import')"
+            )
+        os.read(readr, 1)
+    finally:
+        os.close(readr)
+        if readw >= 0:
+            os.close(readw)
