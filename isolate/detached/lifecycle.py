@@ -172,6 +172,12 @@ def _wait(state_dir: str, record: dict[str, Any], timeout: float | None) -> dict
         while True:
             record = state.read_record(state_dir, str(record["id"])) or record
             status = state.status_of(record)
+            if status == "dead":
+                # Dead: the process is gone and so is the monitor, now.  It may have recorded
+                # the exit and gone idle since the read above (a slow host, a client that
+                # stalled): what it wrote last is final, so read again before believing it.
+                record = state.read_record(state_dir, str(record["id"])) or record
+                status = state.status_of(record)
             if status in ("stopped", "dead"):
                 return record
             if deadline is not None and time.monotonic() > deadline:
