@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -34,6 +35,48 @@ def test_explain_lists_every_executed_step(options: list[str], busybox_root: Pat
     explained, traced, proc = explained_and_traced(tmp_path, *options, "--rootfs", str(busybox_root), "--", "true")
     assert proc.returncode == 0, proc.stderr
     assert traced == explained
+
+
+def inside(host_path: str) -> str:
+    """Where the sandbox sees a file of its own cgroup, relative to its /sys/fs/cgroup: its group
+    is the root there (plan/mounts.py cgroup_steps), v1's hierarchies by their mount's name."""
+    from isolate.cgroups import layout
+
+    for point in layout().v1_options:
+        if host_path.startswith(point + "/"):
+            return f"./{os.path.basename(point)}/{os.path.basename(host_path)}"
+    return f"./{os.path.basename(host_path)}"
+
+
+@pytest.mark.parametrize("new_parent", [False, True], ids=["parent-made", "first-run-under-a-new-parent"])
+def test_explained_cgroup_writes_are_the_files_the_sandbox_has(new_parent: bool, busybox_root: Path,
+                                                                tmp_path: Path) -> None:  # fmt: skip
+    # The first run under a parent makes it, after --explain was printed: what is written must
+    # not depend on it (on v2, --memory alone writes memory.swap.max wherever swap is accounted).
+    parent = "isolate-test-" + os.urandom(4).hex() if new_parent else "isolate"
+    read_all = "cd /sys/fs/cgroup && grep -r . . 2>/dev/null; true"
+    try:
+        explained, traced, proc = explained_and_traced(
+            tmp_path, "--cgroup-parent", parent, "--memory", "64M", "--pids", "32", "--cpus", "0.5",
+            "--rootfs", str(busybox_root), "--", "sh", "-c", read_all,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert traced == explained
+        # the parent's writes (the child's own, echo $$ > cgroup.procs, join the group)
+        writes = [shlex.split(line, comments=True)[1::2] for line in explained
+                  if line.startswith("echo ") and "$$" not in line]  # fmt: skip
+        files = dict(line.split(":", 1) for line in proc.stdout.decode().splitlines() if ":" in line)
+        assert len(writes) >= 4  # memory, pids, the cpu quota
+        for value, path in writes:
+            assert (path, files.get(inside(path))) == (path, value)
+    finally:
+        if new_parent:
+            from isolate.cgroups import layout
+
+            lay = layout()
+            for mount in {*lay.v1_mounts.values(), *([lay.v2_mount] if lay.v2_mount else [])}:
+                if os.path.isdir(os.path.join(mount, parent)):
+                    os.rmdir(os.path.join(mount, parent))
 
 
 def test_explain_shows_cgroup_files_with_their_meaning(busybox_root: Path) -> None:
