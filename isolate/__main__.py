@@ -1,4 +1,4 @@
-"""The ``isolate`` command.  ``isolate run`` avoids importing click (see cli_options)."""
+"""The ``isolate`` command.  ``isolate run`` avoids importing click (see isolate.cli.options)."""
 
 from __future__ import annotations
 

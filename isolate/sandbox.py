@@ -356,9 +356,9 @@ def rootless(config: SandboxConfig) -> None:
 
 def _check_user(config: SandboxConfig) -> None:
     if config.mode == "pivot_root" and config.user not in (None, (0, 0)):
-        from isolate.plan import builder as planner
+        from isolate.plan import builder
 
-        if len(planner.id_maps()) == 1:
+        if len(builder.id_maps()) == 1:
             raise ConfigError("--user: rootless with one id maps only root; add a range to /etc/subuid (newuidmap)")
 
 

@@ -217,7 +217,7 @@ def _serve(fd: int, parent: int) -> None:
     import gc
 
     # loaded once here, not in every child: see _start
-    from isolate.plan import steps as spec  # noqa: F401
+    from isolate.plan import steps  # noqa: F401
     from isolate.process import spawn  # noqa: F401
 
     _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
