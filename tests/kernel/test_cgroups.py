@@ -208,8 +208,13 @@ def test_group_freezes_signals_kills_and_removes() -> None:
         assert shell.pid in pids and len(pids) == 3
         group.freeze()
         assert group.frozen()
-        group.kill_all(signal.SIGTERM)  # a frozen group stays frozen: the signal waits
-        assert group.frozen() and shell.poll() is None
+        group.kill_all(signal.SIGTERM)  # kill_all thaws only after SIGKILL: the group stays frozen
+        assert group.frozen()
+        if BACKEND.version == "v1":
+            # v1's freezer holds every signal until the thaw.  v2 lets a fatal one through: the
+            # kernel turns a signal whose default action ends the process into a group exit
+            # (complete_signal, kernel/signal.c), which the v2 freezer does not stop.
+            assert shell.poll() is None
         group.freeze(False)
         assert not group.frozen()
         assert shell.wait(10) == -signal.SIGTERM  # and its two sleeps, signalled too
