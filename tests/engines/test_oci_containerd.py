@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from containerd_engine import (
+from support.commands import require
+from support.containerd_engine import (
     IMAGE_FILE,
     TIMEOUT,
     Containerd,
@@ -32,7 +33,6 @@ from containerd_engine import (
     start,
     stop,
 )
-from support.commands import require
 
 ISOLATE_OCI = os.environ.get("ISOLATE_TEST_OCI_RUNTIME") or os.path.join(os.path.dirname(sys.executable), "isolate-oci")
 ARGV_LOG = os.environ.get("ISOLATE_TEST_OCI_ARGV_LOG")

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from podman_images import (
+from support.commands import require
+from support.host import mountinfo
+from support.podman_images import (
     add_runtime,
     cgroup_parent,
     cleanup,
@@ -32,8 +34,6 @@ from podman_images import (
     runtime_root,
     store_cgroups,
 )
-from support.commands import require
-from support.host import mountinfo
 
 ISOLATE_OCI = os.environ.get("ISOLATE_TEST_OCI_RUNTIME") or os.path.join(os.path.dirname(sys.executable), "isolate-oci")
 RUNTIME = "isolate"  # the name podman knows it by (the store's containers.conf)

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from podman_images import (
+from support.commands import require
+from support.host import mountinfo
+from support.podman_images import (
     CMD_OUTPUT,
     HELLO,
     BuiltImages,
@@ -23,8 +25,6 @@ from podman_images import (
     podman,
     store_cgroups,
 )
-from support.commands import require
-from support.host import mountinfo
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from oci_layouts import make_layout
 from support.commands import cli
+from support.oci_layouts import make_layout
 
 from isolate import ConfigError, Sandbox
 from isolate.images import ImageError, ImageStore
@@ -32,7 +32,7 @@ def run_image(store: ImageStore, name: str, argv: list[str], **kw: object) -> tu
 # ---------------------------------------------------------------- podman-made images
 @pytest.fixture(scope="module")
 def podman_images(tmp_path_factory: pytest.TempPathFactory, busybox_root: Path) -> Iterator[dict[str, object]]:
-    from podman_images import build_test_images, cleanup
+    from support.podman_images import build_test_images, cleanup
 
     pstore = tmp_path_factory.mktemp("podman-store")
     out = tmp_path_factory.mktemp("podman-out")
@@ -64,7 +64,7 @@ def test_images_sharing_a_base_share_its_layer(podman_images: dict[str, object],
 
 
 def test_export_loads_and_runs_in_podman(podman_images: dict[str, object], store: ImageStore, tmp_path: Path) -> None:
-    from podman_images import load_and_run
+    from support.podman_images import load_and_run
 
     import_path(store, str(podman_images["docker_archive"]), name="localhost/exported:latest")
     out = tmp_path / "exported.tar"
