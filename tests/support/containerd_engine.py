@@ -568,28 +568,9 @@ def _thaw(base: Path) -> None:
 
 def _remove_cgroups(base: Path) -> None:
     """Kill what is left in ``cgroup_parent(base)`` (our containers), then remove it everywhere."""
-    deadline = time.monotonic() + 10
-    while True:
-        _thaw(base)
-        for pid in cgroup_pids(base):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        busy = []
-        for top in daemon_cgroups(base):
-            for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
-                try:
-                    os.rmdir(dirpath)
-                except FileNotFoundError:
-                    pass
-                except OSError:
-                    busy.append(dirpath)
-        if not busy:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"cannot remove the cgroups {busy}")
-        time.sleep(0.05)
+    from support.host import remove_cgroup_trees
+
+    remove_cgroup_trees(daemon_cgroups(base), before_each_try=lambda: _thaw(base))
 
 
 def _kill(pids: list[int], timeout: float) -> list[int]:

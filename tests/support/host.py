@@ -7,6 +7,9 @@ way.  mountinfo is parsed here only (proc(5): the fields before " - ", then the 
 from __future__ import annotations
 
 import os
+import signal
+import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 from isolate.config import DEFAULT_STATE_DIR
@@ -159,3 +162,36 @@ def pids_in_cgroups(tops: list[str]) -> set[int]:
             except OSError:
                 pass
     return pids
+
+
+def remove_cgroup_trees(tops: list[str], before_each_try: Callable[[], None] | None = None,
+                        timeout: float = 10.0) -> None:  # fmt: skip
+    """SIGKILL every process in these cgroups and below, then rmdir them bottom-up in every
+    hierarchy; again until they are gone (a killed task leaves its group a moment later).
+
+    ``before_each_try``: what must happen first each time, e.g. thawing a frozen group, whose
+    tasks take no SIGKILL until thawed (cgroup v1 freezer).
+    """
+    deadline = time.monotonic() + timeout
+    while tops:
+        if before_each_try is not None:
+            before_each_try()
+        for pid in pids_in_cgroups(tops):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        busy = []
+        for top in tops:
+            for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+                try:
+                    os.rmdir(dirpath)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    busy.append(top)
+        tops = sorted(set(busy))
+        if tops:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cannot remove the cgroups {tops}")
+            time.sleep(0.05)

@@ -45,7 +45,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -515,31 +514,11 @@ def store_cgroups(store: Path) -> list[str]:
 
 
 def _remove_cgroups(store: Path) -> None:
-    """Kill what is left in this store's cgroup parent, then remove it in every hierarchy."""
-    tops = store_cgroups(store)
-    deadline = time.monotonic() + 10
-    while tops:
-        from support.host import pids_in_cgroups
+    """Kill what is left in this store's cgroup parent (our containers and their conmon,
+    started through this store), then remove it in every hierarchy."""
+    from support.host import remove_cgroup_trees
 
-        for pid in pids_in_cgroups(tops):  # our containers and their conmon: started through this store
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        busy = []
-        for top in tops:
-            for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
-                try:
-                    os.rmdir(dirpath)
-                except FileNotFoundError:
-                    pass
-                except OSError:
-                    busy.append(top)
-        tops = sorted(set(busy))
-        if tops:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"cannot remove the cgroups {tops}")
-            time.sleep(0.05)
+    remove_cgroup_trees(store_cgroups(store))
 
 
 def _mounts_below(path: Path) -> list[str]:
