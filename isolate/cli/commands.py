@@ -242,7 +242,7 @@ def ps_command(show_all: bool, as_json: bool) -> None:
             "id": record["id"], "name": record.get("name"), "status": status,
             "pid": record.get("pid") if running else None,
             "image": record.get("image") or record.get("rootfs"), "command": record.get("command"),
-            "limits": record.get("limits"), "exit_code": record.get("exit_code"),
+            "limits": record.get("limits"), "exit_code": record.get("exit_code"), "error": record.get("error"),
             "uptime": time.time() - float(record.get("started") or time.time()) if running else None,
             "memory": memory_current(record) if running else None,
         })  # fmt: skip
@@ -401,6 +401,8 @@ def wait(as_json: bool, name: str) -> None:
     record = wait_sandbox(_state_dir(), name)
     if as_json:
         click.echo(json.dumps(record.get("result") or {}))
+    if record.get("error"):  # isolate's failure, not the command's: docker inspect's State.Error
+        click.echo(f"isolate: {record['error']}", err=True)
     code = record.get("exit_code")
     sys.exit(int(code) if isinstance(code, int) else 125)
 
