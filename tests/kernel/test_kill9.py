@@ -336,6 +336,11 @@ def _reap() -> None:
             return
 
 
+def _all_reaped() -> bool:
+    _reap()
+    return not sandbox_children()
+
+
 def test_kill_oci_runtime_between_create_and_start(tmp_path: Path, busybox_root: Path) -> None:
     """isolate-oci killed at a random moment of `create` then `start`; the engine then deletes
     the container with `delete --force`, as podman and containerd do: nothing may be left."""
@@ -371,7 +376,7 @@ def test_kill_oci_runtime_between_create_and_start(tmp_path: Path, busybox_root:
             deleted = subprocess.run([OCI_BIN, "--root", str(root), "delete", "--force", cid], capture_output=True,
                                      timeout=60)  # fmt: skip
             leaks = [] if deleted.returncode == 0 else [f"delete --force failed: {deleted.stderr!r}"]
-            wait_until(lambda: (_reap(), not sandbox_children())[1], timeout=5)
+            wait_until(_all_reaped, timeout=5)
             left = sorted(os.listdir(root)) if root.exists() else []
             leaks += [f"state {root}/{e}" for e in left]
             chaos.check(leaks + host.leaks((marker,)))
