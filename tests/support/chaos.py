@@ -90,9 +90,9 @@ def monitor_pids(state_dir: Path) -> list[int]:
 
 
 def the_monitor(state_dir: Path) -> int | None:
-    """The monitor of ``state_dir`` (while it starts, the launcher that forks it): not its zygote,
-    and not a child of another of its processes unless that one is the launcher."""
-    pids = [p for p in monitor_pids(state_dir) if comm(p) != "isolate-zygote"]
+    """The monitor of ``state_dir`` (while it starts, the launcher that forks it)."""
+    # its zygote and the sandboxes' inits are forks with its command line, named isolate-*
+    pids = [p for p in monitor_pids(state_dir) if not comm(p).startswith("isolate-")]
     if len(pids) > 1:  # the launcher and the monitor it forked: the monitor
         pids = [p for p in pids if _parent(p) in pids] or pids
     return pids[-1] if pids else None
