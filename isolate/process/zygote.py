@@ -165,7 +165,10 @@ def _ensure() -> Zygote:
     if _zygote is not None and _zygote.owner != os.getpid():
         _zygote = None  # inherited by a fork of the caller: that zygote is not this process's child
     if _zygote is None:
-        _zygote = _from_keeper()
+        import threading  # once per process
+
+        # The main thread lives as long as the process (see _from_keeper): fork from it directly.
+        _zygote = Zygote() if threading.current_thread() is threading.main_thread() else _from_keeper()
         import atexit
 
         # Reap it at exit: an orphan's zombie waits for PID 1, which need not reap.
@@ -178,7 +181,8 @@ _keeper: tuple[Any, Any, list[Any], int] | None = None
 
 
 def _from_keeper() -> Zygote:
-    """A new Zygote, forked from a thread that lives as long as this process.
+    """A new Zygote, forked from a thread that lives as long as this process, for a caller that
+    is not the main thread.
 
     PR_SET_PDEATHSIG fires when the *thread* that forked a process exits, not its process
     (prctl(2)), and that thread is the parent of the zygote and, through CLONE_PARENT, of every
