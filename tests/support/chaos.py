@@ -27,7 +27,7 @@ from pathlib import Path
 from support.commands import ISOLATE_BIN
 from support.host import helper_sockets, host_mounts, open_fds, processes_matching, sandbox_cgroups, state_entries
 
-SHORT = 12  # iterations per target in CI: every target of test_kill9 in about a minute in all
+SHORT = 15  # iterations per target in CI: every target of test_kill9 in under two minutes in all
 SETTLE = 5.0  # seconds a killed tree may take to finish dying before what is left counts as leaked
 
 
