@@ -293,8 +293,25 @@ def exec_command(interactive: bool, tty: bool, env: tuple[str, ...], user: str |
         if not interactive:
             closers.append(stdin)
         stdio = (stdin, 1, 2)
+    # Signals to relay are held from before the fork until the relay knows the child's pid:
+    # a SIGTERM in between would end isolate and leave the command running unwatched.
+    import signal as signal_module
+
+    relayed = (signal_module.SIGTERM, signal_module.SIGINT, signal_module.SIGHUP)
+    child = 0
+
+    def relay(sig: int, _frame: object) -> None:
+        if child:
+            os.kill(child, sig)  # not reaped yet, so the pid is still the child's
+
+    for sig in relayed:
+        signal_module.signal(sig, relay)
+    mask = signal_module.pthread_sigmask(signal_module.SIG_BLOCK, relayed)
     try:
-        child = launcher.start(stdio)
+        try:
+            child = launcher.start(stdio)
+        finally:
+            signal_module.pthread_sigmask(signal_module.SIG_SETMASK, mask)
         if sock is not None:
             from isolate.process.terminal import receive_primary
 
@@ -310,13 +327,6 @@ def exec_command(interactive: bool, tty: bool, env: tuple[str, ...], user: str |
             from isolate.process.terminal import interact
 
             interact(primary, pidfd)
-        import signal as signal_module
-
-        def relay(sig: int, _frame: object) -> None:
-            os.kill(child, sig)
-
-        for sig in (signal_module.SIGTERM, signal_module.SIGINT, signal_module.SIGHUP):
-            signal_module.signal(sig, relay)
         _, status = os.waitpid(child, 0)
     finally:
         os.close(pidfd)
