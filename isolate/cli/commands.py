@@ -81,7 +81,7 @@ def gc(cgroup_parent: str) -> None:
               help="The image store's directory (default /var/lib/isolate).")  # fmt: skip
 @click.pass_context
 def image(ctx: click.Context, root: str | None) -> None:
-    """Images: import (OCI and docker archives, rootfs tarballs), list, inspect, export, remove."""
+    """Images: import (OCI and docker archives, rootfs tarballs), list, inspect, export, remove, verify."""
     from isolate.images import ImageStore
 
     ctx.obj = ImageStore(root)
@@ -169,6 +169,30 @@ def image_prune(store: Any) -> None:
     """Remove images without a name and layers no image uses."""
     for line in store.prune():
         click.echo(f"removed {line}")
+
+
+@image.command("verify")
+@click.option("--repair", is_flag=True, help="Remove what fails (layers, images, leftovers), except what is in use.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def image_verify(store: Any, repair: bool, as_json: bool) -> None:
+    """Check every image's record, config and layers, each layer's files against the record kept
+    when it was unpacked, and that no import left anything half-made; exit 1 naming what is wrong."""
+    import json
+
+    from isolate.images.verify import verify_store
+
+    report = verify_store(store, repair=repair)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1))
+    else:
+        for finding in report.problems:
+            done = f" [{finding.resolution}]" if finding.resolution else ""
+            click.echo(f"{finding.line()}{done}")
+        for warning in report.warnings:
+            click.echo(f"warning: {warning.line()}")
+        click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)
 
 
 @image.command("build-busybox")

@@ -135,6 +135,16 @@ TARGETS = (
         signed=True,
         basis="medians",
     ),
+    Target(
+        id="verify_vs_import",
+        what="isolate image verify / the import it checks",
+        figure="images/verify/verify_ms",
+        per="images/verify/import_ms",
+        op="<=",
+        goal=0.5,
+        unit="x",
+        basis="medians, gzip layer, warm page cache (#17)",
+    ),
 )
 BY_ID = {t.id: t for t in TARGETS}
 
