@@ -316,6 +316,10 @@ def _serve(fd: int, parent: int) -> None:
             else:
                 pid = _libc.clone_fork(flags | _libc.CLONE_PARENT, fork_hooks=False)
                 if pid == 0:
+                    # The zygote's end of its socket: a child that kept it (an init never execs, a
+                    # spare waits) would hide the zygote's death from the caller, whose next
+                    # request would then wait for that child to end.
+                    os.close(fd)
                     _libc.prctl_set_name(b"isolate-spare" if spare else b"isolate-child")  # not the zygote's, in ps
                     _start(message, spare, errw, gor, rest, template)  # never returns
                 reply = b"pid %d" % pid
