@@ -228,6 +228,18 @@ def test_a_config_json_field_of_the_wrong_type(changes: dict[str, Any], named: s
     assert named in one_line(exc)
 
 
+def test_a_capability_set_the_spec_does_not_have_is_ignored(tmp_path: Path) -> None:
+    from isolate.oci import bundle as B
+    from isolate.oci import warnings
+
+    config = _config(process__capabilities={"bounding": ["CAP_KILL"], "x": True, "y": [None]}, linux__sysctl={})
+    B.load(_bundle(tmp_path, config))
+    plan = B.build(config, str(tmp_path), None, {}, -1, -1, -1, -1, -1, False, None, b"{}")  # was TypeError
+    for fd in plan.fds:
+        os.close(fd)
+    warnings._collected.clear()
+
+
 def test_a_config_json_nested_too_deeply(tmp_path: Path) -> None:
     from isolate.oci import bundle as B
 
