@@ -25,9 +25,23 @@ def hold(state_dir: str, sandbox_id: str) -> int:
     """Create and lock this sandbox's lock file; returns the descriptor that holds it."""
     path = lock_path(state_dir, sandbox_id)
     os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # ``isolate gc`` may have taken the file between our open and our flock, and unlinked
+        # it as a leftover: a lock on an unlinked file protects nothing, so start again.
+        if _still_linked(path, fd):
+            return fd
+        os.close(fd)
+
+
+def _still_linked(path: str, fd: int) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
 
 def release(state_dir: str, sandbox_id: str, fd: int) -> None:
@@ -53,6 +67,31 @@ def is_held(state_dir: str, sandbox_id: str) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def take_abandoned(state_dir: str, sandbox_id: str) -> int | None:
+    """The lock of a sandbox of *this* state directory whose supervisor is gone, now held by
+    the caller (``isolate gc``) so that nobody can start using it meanwhile; None if the
+    sandbox is not ours (no lock file here) or is alive (its supervisor holds the lock).
+
+    A lock file exists from before a sandbox's cgroup is made until after it is removed
+    (see :func:`hold`), so a cgroup named for an id without a lock file here belongs to
+    another state directory (another user of isolate on this host) and is not ours to touch.
+    """
+    path = lock_path(state_dir, sandbox_id)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    if not _still_linked(path, fd):  # its supervisor released it just now: gone cleanly
+        os.close(fd)
+        return None
+    return fd
 
 
 def hold_shared(paths: list[str]) -> list[int]:

@@ -81,7 +81,7 @@ def gc(cgroup_parent: str) -> None:
               help="The image store's directory (default /var/lib/isolate).")  # fmt: skip
 @click.pass_context
 def image(ctx: click.Context, root: str | None) -> None:
-    """Images: import (OCI and docker archives, rootfs tarballs), list, inspect, export, remove."""
+    """Images: import (OCI and docker archives, rootfs tarballs), list, inspect, export, remove, verify."""
     from isolate.images import ImageStore
 
     ctx.obj = ImageStore(root)
@@ -171,6 +171,30 @@ def image_prune(store: Any) -> None:
         click.echo(f"removed {line}")
 
 
+@image.command("verify")
+@click.option("--repair", is_flag=True, help="Remove what fails (layers, images, leftovers), except what is in use.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def image_verify(store: Any, repair: bool, as_json: bool) -> None:
+    """Check every image's record, config and layers, each layer's files against the record kept
+    when it was unpacked, and that no import left anything half-made; exit 1 naming what is wrong."""
+    import json
+
+    from isolate.images.verify import verify_store
+
+    report = verify_store(store, repair=repair)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1))
+    else:
+        for finding in report.problems:
+            done = f" [{finding.resolution}]" if finding.resolution else ""
+            click.echo(f"{finding.line()}{done}")
+        for warning in report.warnings:
+            click.echo(f"warning: {warning.line()}")
+        click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)
+
+
 @image.command("build-busybox")
 @click.argument("name")
 @click.pass_obj
@@ -242,7 +266,7 @@ def ps_command(show_all: bool, as_json: bool) -> None:
             "id": record["id"], "name": record.get("name"), "status": status,
             "pid": record.get("pid") if running else None,
             "image": record.get("image") or record.get("rootfs"), "command": record.get("command"),
-            "limits": record.get("limits"), "exit_code": record.get("exit_code"),
+            "limits": record.get("limits"), "exit_code": record.get("exit_code"), "error": record.get("error"),
             "uptime": time.time() - float(record.get("started") or time.time()) if running else None,
             "memory": memory_current(record) if running else None,
         })  # fmt: skip
@@ -293,8 +317,25 @@ def exec_command(interactive: bool, tty: bool, env: tuple[str, ...], user: str |
         if not interactive:
             closers.append(stdin)
         stdio = (stdin, 1, 2)
+    # Signals to relay are held from before the fork until the relay knows the child's pid:
+    # a SIGTERM in between would end isolate and leave the command running unwatched.
+    import signal as signal_module
+
+    relayed = (signal_module.SIGTERM, signal_module.SIGINT, signal_module.SIGHUP)
+    child = 0
+
+    def relay(sig: int, _frame: object) -> None:
+        if child:
+            os.kill(child, sig)  # not reaped yet, so the pid is still the child's
+
+    for sig in relayed:
+        signal_module.signal(sig, relay)
+    mask = signal_module.pthread_sigmask(signal_module.SIG_BLOCK, relayed)
     try:
-        child = launcher.start(stdio)
+        try:
+            child = launcher.start(stdio)
+        finally:
+            signal_module.pthread_sigmask(signal_module.SIG_SETMASK, mask)
         if sock is not None:
             from isolate.process.terminal import receive_primary
 
@@ -310,13 +351,6 @@ def exec_command(interactive: bool, tty: bool, env: tuple[str, ...], user: str |
             from isolate.process.terminal import interact
 
             interact(primary, pidfd)
-        import signal as signal_module
-
-        def relay(sig: int, _frame: object) -> None:
-            os.kill(child, sig)
-
-        for sig in (signal_module.SIGTERM, signal_module.SIGINT, signal_module.SIGHUP):
-            signal_module.signal(sig, relay)
         _, status = os.waitpid(child, 0)
     finally:
         os.close(pidfd)
@@ -401,6 +435,8 @@ def wait(as_json: bool, name: str) -> None:
     record = wait_sandbox(_state_dir(), name)
     if as_json:
         click.echo(json.dumps(record.get("result") or {}))
+    if record.get("error"):  # isolate's failure, not the command's: docker inspect's State.Error
+        click.echo(f"isolate: {record['error']}", err=True)
     code = record.get("exit_code")
     sys.exit(int(code) if isinstance(code, int) else 125)
 

@@ -117,6 +117,10 @@ def execute_run(opts: dict[str, object], command: list[str]) -> int:
         result = RunResult(status="isolate-error", exit_code=exc.exit_code, error=str(exc))
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # a host-side failure nothing above named: one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"isolate: {exc.strerror or exc}{where}", file=sys.stderr)
+        result = RunResult(status="isolate-error", exit_code=125, error=str(exc))
     if result.upper_dir:
         print(f"isolate: upper layer kept at {result.upper_dir}", file=sys.stderr)
     if opts.get("json"):

@@ -170,6 +170,7 @@ class _Launcher:
 
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH):
                 signal.signal(sig, relay)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])  # `isolate exec` held them until now
             _, status = os.waitpid(command, 0)
             code = os.waitstatus_to_exitcode(status)
             os._exit(128 - code if code < 0 else code)

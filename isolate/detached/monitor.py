@@ -24,6 +24,7 @@ import socket
 import time
 
 from isolate import _state as state
+from isolate import faults
 from isolate.errors import IsolateError
 
 TYPE_CHECKING = False
@@ -202,13 +203,27 @@ def _serve_client(
                 "stop them (isolate ps, isolate rm -f) or use another state directory"
             )
         plan = pickle.loads(plan_bytes)
+        faults.point("monitor:plan")
         pid, pidfd = supervisor.start(plan, tuple(fds))
-        record.update(status="running", pid=pid, pid_start=state.process_start_time(pid), started=time.time())
-        state.write_record(state_dir, record)
+        try:
+            faults.point("monitor:record")
+            record.update(status="running", pid=pid, pid_start=state.process_start_time(pid), started=time.time())
+            state.write_record(state_dir, record)
+        except BaseException:
+            # The client hears of the failure and records nothing: the sandbox must not run on
+            # unrecorded, so it goes, and its cgroup with it.
+            os.close(pidfd)
+            supervisor.kill(pid)
+            supervisor.finish(pid)
+            raise
         box = _Sandbox(plan, record, pid, pidfd)
         running[pidfd] = box
         poller.register(pidfd, select.POLLIN)
         reply: Any = ("started", pid)
+    except OSError as exc:  # the host refused: sent back as one line naming what failed
+        from isolate.process.supervisor import host_failure
+
+        reply = ("error", host_failure(f"the monitor of {state_dir} starting the sandbox", exc))
     except Exception as exc:  # noqa: BLE001 - sent back and raised in the client
         reply = ("error", exc)
     finally:
@@ -224,6 +239,7 @@ def _serve_client(
 def _finish(box: _Sandbox, supervisor: Any, state_dir: str, build_result: Any) -> None:
     try:
         status, utime, stime, stats = supervisor.finish(box.pid)
+        faults.point("monitor:exited")
         result = build_result(box.plan, status, utime, stime, stats, time.monotonic() - box.started,
                               timeout_reason=box.reason)  # fmt: skip
         box.record.update(status="stopped", finished=time.time(), exit_code=result.exit_code,
@@ -312,6 +328,12 @@ def _spawn_monitor(state_dir: str) -> None:
         "    from isolate.detached.monitor import serve\n"
         f"    serve({state_dir!r}, int(sys.argv[1]))\n"
     )
+    try:
+        faults.point("monitor:spawn")
+    except OSError as exc:
+        from isolate.process.supervisor import host_failure
+
+        raise host_failure(f"starting the monitor of {state_dir}", exc) from exc
     readr, readw = os.pipe2(os.O_CLOEXEC)
     try:
         with open(os.path.join(state_dir, "monitor.log"), "ab") as log:

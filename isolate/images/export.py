@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import stat
 import tarfile
 
@@ -101,8 +100,7 @@ def export_oci(store: ImageStore, name: str, out_path: str) -> str:
         if not name.startswith("sha256:") and (image.names and parse_ref(name) in image.names)
         else (image.names[0] if image.names else "")
     )
-    work = store.tmp_dir()
-    try:
+    with store.work_dir() as work:
         blobs: list[tuple[str, str, int]] = []  # (digest, file, size)
         layer_descriptors: list[dict[str, Any]] = []
         diff_ids = []
@@ -137,8 +135,6 @@ def export_oci(store: ImageStore, name: str, out_path: str) -> str:
                 tar.add(path, f"blobs/sha256/{digest.removeprefix('sha256:')}", recursive=False)
         os.rename(tmp_out, out_path)
         return manifest_digest
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _digest_file(path: str) -> tuple[str, int]:

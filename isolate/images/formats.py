@@ -18,6 +18,7 @@ import json
 import os
 import tarfile
 
+from isolate import faults
 from isolate.images.store import Image, ImageStore, check_config, hex_of
 from isolate.images.unpack import ImageError
 
@@ -175,10 +176,14 @@ def detect(path: str) -> str:
 def import_path(store: ImageStore, path: str, name: str | None = None, progress: Progress | None = None) -> list[Image]:
     """Import whatever ``path`` holds; returns the images added (an archive may hold several)."""
     path = os.path.abspath(path)
-    kind = detect(path)
-    if kind == "rootfs":
-        return [import_rootfs_tarball(store, path, name, progress)]
-    source: _Source = _DirSource(path) if kind == "oci-dir" else _TarSource(path)
+    try:
+        faults.point("import:read")
+        kind = detect(path)
+        if kind == "rootfs":
+            return [import_rootfs_tarball(store, path, name, progress)]
+        source: _Source = _DirSource(path) if kind == "oci-dir" else _TarSource(path)
+    except OSError as exc:
+        raise store.failure(f"{path}: reading the image's index and manifest", exc) from None
     try:
         if kind == "docker-archive":
             return _import_docker(store, source, path, name, progress)
@@ -188,6 +193,8 @@ def import_path(store: ImageStore, path: str, name: str | None = None, progress:
         raise ImageError(
             f"{path}: malformed {kind} ({type(exc).__name__}: {exc}); not an image isolate can read"
         ) from None
+    except OSError as exc:  # the store's own writes are named by the store: this is reading
+        raise store.failure(f"{path}: reading the image", exc) from None
     finally:
         source.close()
 
@@ -263,7 +270,8 @@ def _import_oci(
         if not store.has_layer(diff_id) and not source.has(blob):
             raise ImageError(f"{path}: blob {layer['digest']} is missing; the image is incomplete")
         callback = progress(f"layer {i + 1}/{len(layers)}", int(layer.get("size", 0))) if progress else None
-        added.append(store.add_layer(_opener(source, blob), diff_id, layer["digest"], callback))
+        what = f"{path}: layer {i + 1}/{len(layers)} ({layer['digest'][:19]})"
+        added.append(store.add_layer(_opener(source, blob), diff_id, layer["digest"], callback, what))
     ref = name or _ref_of(descriptor)
     if ref and ":" not in ref and "/" not in ref and not name:
         ref = ""  # a bare tag ("latest") names nothing
@@ -291,7 +299,8 @@ def _import_docker(
                 raise ImageError(f"{path}: {_short(layer)} is missing; the archive is incomplete")
             size = source.members[layer].size if isinstance(source, _TarSource) and layer in source.members else 0
             callback = progress(f"layer {i + 1}/{len(layers)}", size) if progress else None
-            added.append(store.add_layer(_opener(source, layer), diff_id, None, callback))
+            what = f"{path}: layer {i + 1}/{len(layers)} ({_short(layer)})"
+            added.append(store.add_layer(_opener(source, layer), diff_id, None, callback, what))
         names = [name] if name else list(entry.get("RepoTags") or [])
         images.append(store.add_image(config, added, names, source=path))
     return images
@@ -317,7 +326,7 @@ def import_rootfs_tarball(
             base = base.removesuffix(ext)
         name = base or "rootfs"
     callback = progress("rootfs", os.path.getsize(path)) if progress else None
-    diff_id = store.add_layer(lambda: open(path, "rb"), None, None, callback)
+    diff_id = store.add_layer(lambda: open(path, "rb"), None, None, callback, f"{path}: its one layer")
     return store.add_image(default_config(diff_id, f"isolate image import {path}"), [diff_id], [name], source=path)
 
 
@@ -327,16 +336,14 @@ def import_directory(store: ImageStore, directory: str, name: str) -> Image:
 
     if not os.path.isdir(directory):
         raise ImageError(f"{directory}: not a directory; give the root filesystem to make an image of")
-    work = store.tmp_dir()
-    try:
+    with store.work_dir() as work:
         tarball = os.path.join(work, "layer.tar")
-        with open(tarball, "wb") as f:
-            tar_directory(directory, f, overlay=False)
-        diff_id = store.add_layer(lambda: open(tarball, "rb"))
-    finally:
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            with open(tarball, "wb") as f:
+                tar_directory(directory, f, overlay=False)
+        except OSError as exc:
+            raise store.failure(f"{directory}: making a layer of it", exc) from None
+        diff_id = store.add_layer(lambda: open(tarball, "rb"), what=f"{directory}: its layer")
     return store.add_image(
         default_config(diff_id, f"isolate image from-dir {directory}"), [diff_id], [name], source=directory
     )
@@ -344,13 +351,8 @@ def import_directory(store: ImageStore, directory: str, name: str) -> Image:
 
 def build_busybox(store: ImageStore, name: str) -> Image:
     """A busybox image from Debian's busybox-static, with no network."""
-    import shutil
-
     from isolate.images.busybox import build_busybox_rootfs
 
-    work = store.tmp_dir()
-    try:
+    with store.work_dir() as work:
         root = build_busybox_rootfs(os.path.join(work, "root"))
         return import_directory(store, root, name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)

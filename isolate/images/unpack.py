@@ -27,7 +27,9 @@ An archive is untrusted input.  Nothing is ever written outside ``dest``:
   names) are limited to 1 MiB, as in Go's archive/tar, instead of being read whole
   whatever size they claim.
 
-On :class:`ImageError` ``dest`` may hold part of the layer: the caller removes it.
+On :class:`ImageError` ``dest`` may hold part of the layer: the caller removes it.  Given a
+``file_digests`` dict, the unpacker fills it with the sha256 of each regular file's content by
+inode, hashed as the data is written (the store's record of the layer, :mod:`isolate.images.record`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import Any, BinaryIO
 
-__all__ = ["ImageError", "LayerInfo", "unpack_layer"]
+__all__ = ["DiskFullError", "ImageError", "LayerInfo", "unpack_layer"]
 
 CHUNK = 1 << 20  # bytes read (and decompressed) at a time; also the progress granularity
 MAX_META = 1 << 20  # the largest pax header or GNU long name accepted
@@ -73,6 +75,15 @@ _TYPE_NAMES = {b"S": "a GNU sparse file", b"M": "a multi-volume continuation", b
 
 class ImageError(IsolateError):
     """An image or layer is unusable: corrupt, truncated, hostile, or not what its digest says."""
+
+
+class DiskFullError(ImageError):
+    """Writing failed because the filesystem is full (ENOSPC) or a quota is reached (EDQUOT)."""
+
+    entry = ""  # the layer's entry being written, when there was one
+
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class LayerInfo:
@@ -107,6 +118,7 @@ def unpack_layer(
     expected_digest: str | None = None,
     expected_diff_id: str | None = None,
     progress: Callable[[int], None] | None = None,
+    file_digests: dict[int, str] | None = None,
 ) -> LayerInfo:
     """Unpack the layer blob read from ``stream`` into the empty directory ``dest``.
 
@@ -115,7 +127,8 @@ def unpack_layer(
     with the number of blob bytes read so far, about every MiB and once at the end.  With
     ``expected_digest`` / ``expected_diff_id`` the digests are checked after the whole
     stream is read.  Device nodes are refused unless ``allow_devices`` (whiteouts are not
-    devices and are always made).
+    devices and are always made).  ``file_digests``, when given, receives ``{inode: sha256 hex}``
+    of every regular file written.
 
     Raises :class:`ImageError` for a corrupt, truncated, hostile or mismatching layer, or
     when writing fails; ``dest`` may then hold part of the layer, and the caller removes it.
@@ -128,7 +141,8 @@ def unpack_layer(
         root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise ImageError(f"{label}: cannot open {dest}: {exc.strerror}; give an existing, empty directory") from None
-    unpacker = _Unpacker(root, label, allow_devices)
+    unpacker = _Unpacker(root, label, allow_devices, dest)
+    unpacker.digests = file_digests
     try:
         if os.listdir(root):
             raise ImageError(f"{label}: {dest} is not empty; a layer is unpacked into an empty directory")
@@ -291,9 +305,11 @@ def _chmod_bits(root: int) -> int:
 class _Unpacker:
     """The state of one unpack: the input buffer, the descriptor cache, the deferred directory times."""
 
-    def __init__(self, root: int, label: str, allow_devices: bool) -> None:
+    def __init__(self, root: int, label: str, allow_devices: bool, dest: str = "") -> None:
         self.root = root
         self.label = label
+        self.dest = dest  # for the message of a full disk
+        self.digests: dict[int, str] | None = None  # inode -> sha256 of the content, when recording
         self.allow_devices = allow_devices
         self.dirs: dict[bytes, int] = {b"": root}  # open directory descriptors by relative path
         self.times: dict[bytes, int] = {}  # directory -> mtime (ns), set once its content is written
@@ -448,8 +464,9 @@ class _Unpacker:
             self.pos += step
             size -= step
 
-    def _copy(self, fd: int, size: int) -> None:
-        """Write the next ``size`` bytes of the stream to ``fd``, then skip the block padding."""
+    def _copy(self, fd: int, size: int, hasher: hashlib._Hash | None = None) -> None:
+        """Write the next ``size`` bytes of the stream to ``fd`` (and to ``hasher``), then skip the
+        block padding."""
         padding = -size % _BLOCK
         write = os.write
         while size:
@@ -460,6 +477,8 @@ class _Unpacker:
                 have = len(self.buf)
             step = min(have, size)
             view = memoryview(self.buf)[self.pos : self.pos + step]
+            if hasher is not None:
+                hasher.update(view)  # the bytes are in memory now: hashing them costs no read
             done = write(fd, view)
             while done < step:  # a short write: only when the disk is nearly full
                 done += write(fd, view[done:])
@@ -750,7 +769,13 @@ class _Unpacker:
             except FileExistsError:
                 self._clear(parent, base, key)
                 fd = os.open(base, _FILE_FLAGS, mode & 0o777, dir_fd=parent)
-            if size:
+            if self.digests is not None:
+                hasher = hashlib.sha256()
+                if size:
+                    self._copy(fd, size, hasher)
+                # by inode: a hard link made later shares it, a file replaced later gets its own
+                self.digests[os.fstat(fd).st_ino] = hasher.hexdigest()
+            elif size:
                 self._copy(fd, size)
             # Two syscalls saved on most files: a new file already has our ids (unless its
             # directory is setgid) and its mode (unless the umask took bits, or it is special).
@@ -769,6 +794,13 @@ class _Unpacker:
 
     def _failed(self, exc: OSError | OverflowError) -> ImageError:
         problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+            full = DiskFullError(
+                f"{self.label}: cannot extract entry '{_show(self.name)}': the disk holding "
+                f"{self.dest or 'the layer'} is full ({problem}); free space there and try again"
+            )
+            full.entry = _show(self.name)
+            return full
         return ImageError(f"{self.label}: cannot extract entry '{_show(self.name)}': {problem}")
 
     def _whiteout(self, parent_key: bytes, base: bytes) -> None:

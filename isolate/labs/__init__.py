@@ -10,6 +10,7 @@ runs them.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -31,12 +32,15 @@ def get(number: int) -> Lab:
 def command_line(demo: Demo) -> str:
     import shlex
 
-    return "isolate " + " ".join(shlex.quote(a) for a in demo.args)
+    env = "".join(f"{name}={shlex.quote(value)} " for name, value in demo.env)
+    return env + "isolate " + " ".join(shlex.quote(a) for a in demo.args)
 
 
 def run_demo(demo: Demo) -> tuple[int, str, str]:
     """Run a demo with the same Python that runs isolate (``-m isolate``)."""
-    proc = subprocess.run([sys.executable, "-m", "isolate", *demo.args], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, **dict(demo.env)} if demo.env else None
+    proc = subprocess.run([sys.executable, "-m", "isolate", *demo.args], capture_output=True, text=True, timeout=120,
+                          env=env)  # fmt: skip
     return proc.returncode, proc.stdout, proc.stderr
 
 

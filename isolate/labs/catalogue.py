@@ -12,6 +12,7 @@ from isolate.labs.checks import (
     FirstLine,
     Has,
     HostnameAndOwnIpc,
+    Lacks,
     PidsLimitHit,
     StatusIs,
     UpperLayerKept,
@@ -25,6 +26,7 @@ ESCAPE = (
     "print('escaped: the host /etc/shadow is visible' if os.path.exists('/etc/shadow') else 'stayed inside')"
 )
 BUSYBOX = ("--image", "lab-busybox")  # built by the labs that use it (image build-busybox: no network)
+LAB15 = (("ISOLATE_STATE_DIR", "/run/isolate-lab15"),)  # its own: its gc touches no other sandbox
 CGROUPS = (Code("isolate.cgroups.v2", "V2Cgroup"), Code("isolate.cgroups.v1", "V1Cgroup"))
 
 LABS: tuple[Lab, ...] = (
@@ -232,5 +234,31 @@ the two addresses of a /30, the two sandboxes reach each other and nothing else.
             Demo(("rm", "-f", "lab-a", "lab-b"), "remove both (their ends of the pair go with them)", AnyOutput()),
         ),
         (Code("isolate.detached.network", "connect"), Code("isolate.plan.steps", "LoopbackUp")),
+    ),
+    Lab(
+        15,
+        "crashes, leftovers and isolate gc",
+        """\
+A supervisor killed with SIGKILL cannot clean up: its sandbox's cgroup, lock file and record
+stay behind.  What is left is told from what is alive by a lock: each sandbox's supervisor
+holds an flock(2) on <state_dir>/locks/<id> from before its cgroup exists until after it is
+removed, and the kernel drops the lock when its holder dies, however it dies.  isolate gc
+removes a cgroup only when that lock file is in its own state directory and it can take the
+lock: another user's sandboxes, running or dead, are never its to touch.  ISOLATE_FAULT makes
+isolate fail or die at a named point, as its reliability tests do; this lab uses a state
+directory of its own.""",
+        (
+            Demo(("rm", "-f", "lab-crash"), "start clean (errors are fine here)", AnyOutput(), LAB15),
+            Demo(("run", "-d", "--name", "lab-crash", "--memory", "32M", "--", "true"),
+                 "its monitor is killed once the sandbox ended, before it cleans up", AnyOutput(),
+                 (*LAB15, ("ISOLATE_FAULT", "supervisor:finish=kill"))),
+            Demo(("wait", "lab-crash"), "wait for the end (the monitor is gone)", AnyOutput(), LAB15),
+            Demo(("ps", "-a"), "nobody recorded the exit: dead", Has("lab-crash", "dead"), LAB15),
+            Demo(("gc",), "the lock is free: gc removes the cgroup, the lock and the record",
+                 Has("removed cgroup", "(lab-crash, dead)"), LAB15),
+            Demo(("ps", "-a"), "nothing left", Lacks("lab-crash"), LAB15),
+        ),
+        (Code("isolate.detached.gc", "collect", "collect_sandbox"),
+         Code("isolate.faults", "point", "POINTS")),
     ),
 )  # fmt: skip

@@ -40,6 +40,20 @@ class Has:
         return f"expected to see {missing}" if missing else None
 
 
+@dataclass(frozen=True, init=False)
+class Lacks:
+    """No word appears in the output (stdout or stderr): something is gone."""
+
+    words: tuple[str, ...]
+
+    def __init__(self, *words: str) -> None:
+        object.__setattr__(self, "words", words)
+
+    def __call__(self, out: str, err: str) -> str | None:
+        present = [w for w in self.words if w in out + err]
+        return f"expected not to see {present}" if present else None
+
+
 @dataclass(frozen=True)
 class FirstLine:
     """The first line of stdout is ``value`` (surrounding blanks aside)."""

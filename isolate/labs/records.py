@@ -36,6 +36,7 @@ class Demo:
     args: tuple[str, ...]  # isolate's arguments
     why: str
     expect: Check  # (stdout, stderr) -> None if as the lab says, else what went wrong
+    env: tuple[tuple[str, str], ...] = ()  # set for this command (shown before it, as a shell does)
 
 
 @dataclass(frozen=True)

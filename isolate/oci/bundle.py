@@ -5,7 +5,7 @@ bound onto itself, the config's mounts in their order, devices, the hooks' sync 
 hostname, pivot_root, masked and read-only paths, sysctls, the console, the working
 directory, rlimits, the command's lookup, then -- after ``start`` -- no_new_privs, user
 and capabilities, seccomp and exec.  Steps from isolate's own planner are reused where the
-meaning is the same (cgroup join, hostname, pivot_root, read-only root, seccomp).
+meaning is the same (cgroup join, hostname, read-only root, seccomp).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from isolate.plan.steps import (
     JoinCgroup,
     MakeDevice,
     NoNewPrivs,
-    PivotRoot,
     RemountReadOnly,
     RemountRootReadOnly,
     SetHostname,
@@ -375,7 +374,7 @@ def _build(
 
         steps.append(Chroot())
     else:
-        steps.append(S.NoPivot() if no_pivot else PivotRoot())
+        steps.append(S.NoPivot() if no_pivot else S.PivotRoot())
     for key, value in (linux.get("sysctl") or {}).items():
         _check_sysctl(key, kinds)
         steps.append(S.Sysctl(key, str(value)))

@@ -341,14 +341,33 @@ def group(version: str, dirs: dict[str, str]) -> Cgroup:
     return open_cgroup(version, dirs)
 
 
-def remove(made: list[str]) -> None:
+def remove(made: list[str]) -> list[str]:
     """rmdir what ``create`` made, deepest first; waits briefly for exiting processes.
 
     A parent shared with another container stays; a leaf whose killed processes have not
-    left yet (EBUSY) is retried.
+    left yet (EBUSY) is retried.  Returns the container's own directories still there, each
+    with why: a leaf that would not go, or one whose hierarchy is no longer mounted in this
+    mount namespace (its rmdir finds nothing, and the group lives on in the kernel).
     """
     leaves = [path for path in made if not any(other.startswith(path + "/") for other in made)]
-    remove_dirs(made, busy=leaves)
+    failed = remove_dirs(made, busy=leaves)
+    left = [f"{path}: {exc.strerror or exc}" for path, exc in failed if path in leaves]
+    mounts = _cgroup_mounts()
+    for leaf in leaves:
+        if not any(leaf.startswith(point + "/") for point in mounts):
+            left.append(f"{leaf}: its cgroup hierarchy is no longer mounted here")
+    return left
+
+
+def _cgroup_mounts() -> set[str]:
+    """The mount points of every cgroup and cgroup2 filesystem this process sees."""
+    points = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            if right.split(" ", 1)[0] in ("cgroup", "cgroup2"):
+                points.add(left.split()[4])
+    return points
 
 
 def procs(version: str, dirs: dict[str, str]) -> list[int]:

@@ -188,7 +188,9 @@ class Runtime:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        C.remove(made_cgroups)
+        left = C.remove(made_cgroups)
+        if left:
+            warn(f"container {cid}: cgroup not removed: {'; '.join(left)}")
         shutil.rmtree(self._dir(cid), ignore_errors=True)
 
     # ---- start / state / kill / delete -------------------------------------------------------
@@ -259,13 +261,14 @@ class Runtime:
                 os.kill(int(record["pid"]), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        left: list[str] = []
         if version and dirs:
             # Processes left in the cgroup (a container without its own pid namespace, or exec'd
             # ones) must not outlive it.
             if C.procs(version, dirs):
                 C.kill_all(version, dirs, signal.SIGKILL)
             _wait_gone(int(record["pid"]), record.get("pid_start"))
-            C.remove(record.get("cgroups_made") or [])
+            left = C.remove(record.get("cgroups_made") or [])
         shutil.rmtree(self._dir(cid), ignore_errors=True)
         hooks = (record.get("hooks") or {}).get("poststop") or []
         if hooks:
@@ -273,6 +276,9 @@ class Runtime:
                 H.run("poststop", hooks, json.dumps(self.state_json(record, "stopped")).encode())
             except H.HookError as exc:
                 warn(str(exc))
+        if left:
+            # As runc: the container is gone, but a cgroup it leaves behind is the delete's failure.
+            raise IsolateError(f"container {cid} deleted, but its cgroup was not removed: {'; '.join(left)}")
 
     def pause(self, cid: str, frozen: bool) -> None:
         record = self.load(cid)

@@ -76,6 +76,28 @@ class Propagation(Step):
         return "mount --make-rslave /"
 
 
+class PivotRoot(Step):
+    """pivot_root(".", ".") into the bundle's root, then detach the old root -- made a slave
+    first, as runc does: with ``rootfsPropagation`` shared on a host whose mounts are shared
+    (systemd's default) the old root's mounts are peers of the host's, and detaching them
+    unmounted the host's own (its /sys/fs/cgroup hierarchies, /dev/pts, /dev/shm).
+    """
+
+    __slots__ = ()
+    what = "pivot_root"
+
+    def apply(self, root: str) -> None:
+        os.chdir(root)
+        _libc.pivot_root(".", ".")
+        # The old root now sits on top of "."; a slave receives the host's events and sends none.
+        _libc.mount(None, ".", None, _libc.MS_SLAVE | _libc.MS_REC)
+        _libc.umount2(".", _libc.MNT_DETACH)
+        os.chdir("/")
+
+    def shell(self, root: str) -> str:
+        return f"cd {quote(root)} && pivot_root . . && mount --make-rslave . && umount -l . && cd /"
+
+
 class BindRoot(Step):
     """The bundle's root bound onto itself: pivot_root needs a mount point."""
 
@@ -203,6 +225,9 @@ class NoPivot(Step):
 
     def apply(self, root: str) -> None:
         os.chdir(root)
+        # A move onto a shared "/" would be copied onto its peers: the host's "/" when the
+        # root propagation is shared and the root lives on a mount of its own.
+        _libc.mount(None, "/", None, _libc.MS_SLAVE)
         _libc.mount(root, "/", None, _libc.MS_MOVE)
         os.chroot(".")
         os.chdir("/")

@@ -87,8 +87,9 @@ def run(
                 pass  # not open: nothing to pass on
         os.set_inheritable(errw, False)
         reset_signals()
+        fault = os.environ.get("ISOLATE_FAULT")  # tests: isolate.faults
         for step in steps:
-            step.apply(root)
+            apply_step(step, root, fault)
             if trace_fd >= 0:
                 os.write(trace_fd, (step.shell(root) + "\n").encode())
         step = None
@@ -102,6 +103,15 @@ def run(
         report(errw, describe(step, root) if step is not None else what, exc)
     finally:
         os._exit(EXIT_SETUP_FAILED)
+
+
+def apply_step(step: Step, root: str, fault: str | None) -> None:
+    """``step.apply(root)``; first, the failure a test asked for at this kind of step, if any."""
+    if fault:
+        from isolate.faults import fire
+
+        fire(fault, "step:" + type(step).__name__)
+    step.apply(root)
 
 
 def describe(step: Step, root: str) -> str:

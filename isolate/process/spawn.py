@@ -246,9 +246,10 @@ def child_main(plan: Plan, stdio: tuple[int, int, int], errw: int, errr: int, go
             # Join the cgroup (and its namespace) as PID 1, then leave the rest to a worker:
             # see init.py for why the long-lived init must touch as little as possible.
             joining = (AwaitCgroup, JoinCgroup, UnshareCgroupNamespace)
+            fault = os.environ.get("ISOLATE_FAULT")  # tests: isolate.faults
             while first < len(plan.steps) and isinstance(plan.steps[first], joining):
                 step = plan.steps[first]
-                step.apply(plan.root)
+                child.apply_step(step, plan.root, fault)
                 if plan.trace_fd >= 0:
                     os.write(plan.trace_fd, (step.shell(plan.root) + "\n").encode())
                 first += 1

@@ -6,6 +6,8 @@ import _signal as signal  # not "signal": it imports enum, slow at start-up
 import os
 
 from isolate import _state as state
+from isolate import faults
+from isolate.errors import SetupError
 from isolate.plan.steps import AwaitCgroup, Plan
 from isolate.process import spawn
 
@@ -75,17 +77,15 @@ class Supervisor:
                     pid = spawn.launch(plan, stdio, meanwhile)
                 if made:
                     group = made[0]
+                faults.point("supervisor:spawned")
             except BaseException:
                 spawn.cleanup(plan, failed=True)
                 raise
+        except OSError as exc:
+            _undo_start(plan, group or (made[0] if made else None), lock, layer_fds)
+            raise host_failure("starting the sandbox", exc) from exc
         except BaseException:
-            group = group or (made[0] if made else None)
-            if group is not None:
-                group.kill_all()
-                group.remove()
-            if lock >= 0:
-                state.release(plan.state_dir, plan.sandbox_id, lock)
-            state.close_all(layer_fds)
+            _undo_start(plan, group or (made[0] if made else None), lock, layer_fds)
             raise
         pidfd = os.pidfd_open(pid)
         self._running[pid] = (plan, pidfd, group, lock, layer_fds)
@@ -97,12 +97,16 @@ class Supervisor:
         stats = None
         try:
             status, utime, stime = spawn.reap(pid)
-            if group is not None:
-                if plan.share_pid:
-                    # Without a pid namespace of its own, the first process's exit does not
-                    # end the others: the run is over, so they go (runc does the same).
-                    group.kill_all()
-                stats = group.stats().to_dict()
+            try:
+                faults.point("supervisor:finish")
+                if group is not None:
+                    if plan.share_pid:
+                        # Without a pid namespace of its own, the first process's exit does not
+                        # end the others: the run is over, so they go (runc does the same).
+                        group.kill_all()
+                    stats = group.stats().to_dict()
+            except OSError as exc:
+                raise host_failure("reading the sandbox's accounting", exc) from exc
         finally:
             os.close(pidfd)
             try:
@@ -152,13 +156,17 @@ class Supervisor:
             theirs.close()
         return Spare(plan, pid, pidfd, errr, ours, group, lock)
 
+    def kill(self, pid: int) -> None:
+        """SIGKILL a sandbox's first process (through its pidfd: the pid cannot have been reused)."""
+        try:
+            signal.pidfd_send_signal(self._running[pid][1], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
     def kill_all(self) -> None:
         """End and reap every sandbox still running (the caller went away)."""
-        for pid, (_, pidfd, *_rest) in list(self._running.items()):
-            try:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for pid in list(self._running):
+            self.kill(pid)
             self.finish(pid)
 
 
@@ -263,6 +271,21 @@ class Spare:
             self.lock = -1
 
 
+def _undo_start(plan: Plan, group: Cgroup | None, lock: int, layer_fds: list[int]) -> None:
+    if group is not None:
+        group.kill_all()
+        group.remove()
+    if lock >= 0:
+        state.release(plan.state_dir, plan.sandbox_id, lock)
+    state.close_all(layer_fds)
+
+
+def host_failure(what: str, exc: OSError) -> SetupError:
+    """A failure of the host's side of a sandbox's start or end, as one line naming the phase."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return SetupError(f"{what} failed: {exc.strerror or exc}{where}", step=what, errno=exc.errno or 0)
+
+
 def _create_cgroup(plan: Plan) -> Cgroup | None:
     if plan.cgroup_version is None:
         return None
@@ -273,7 +296,11 @@ def _create_cgroup(plan: Plan) -> Cgroup | None:
         from isolate.errors import HostSupportError
 
         raise HostSupportError("the cgroup layout changed while isolate was running; see isolate doctor")
-    group, writes = backend.create(plan.sandbox_id, plan.cgroup_parent, plan.limits, plan.share_pid)
+    try:
+        faults.point("cgroup:create")
+        group, writes = backend.create(plan.sandbox_id, plan.cgroup_parent, plan.limits, plan.share_pid)
+    except OSError as exc:
+        raise host_failure(f"creating the cgroup {plan.cgroup_parent}/{plan.sandbox_id}", exc) from exc
     if plan.trace_fd >= 0:  # what was really done, to compare with --explain (tests do)
         from isolate.plan.explain import cgroup_lines
 

@@ -54,6 +54,10 @@ class Detached:
     def close(self) -> list[str]:
         return []
 
+    def while_running(self, starts: list[float]) -> dict[str, Any]:
+        """Figures taken while all n sandboxes run, given their start times (none by default)."""
+        return {}
+
     def measure(self, ctx: Context, settle: float) -> dict[str, Any]:
         out: dict[str, Any] = {"what": self.desc, "n": self.n}
         started: list[tuple[str, int | None]] = []
@@ -73,6 +77,7 @@ class Detached:
             time.sleep(settle)
             after = footprint(ctx, self.exclude)
             helpers = after["helpers"]
+            out.update(self.while_running(starts))
             n = len(started)
             out["memory"] = {
                 "host_used_before_mib": before["used"] / MIB,
@@ -144,6 +149,8 @@ class DetachedCli(Detached):
             (os.POSIX_SPAWN_DUP2, self.errfd, 2),
         ]
         self.env = dict(os.environ)
+        self.env.setdefault("ISOLATE_STATE_DIR", ctx.state_dir)
+        self.other_state = os.path.join(ctx.tmp, "other-state")
         self.argv = [
             ctx.isolate_bin,
             "run",
@@ -166,6 +173,22 @@ class DetachedCli(Detached):
         if rc != 0 or not sid:
             raise RuntimeError(f"isolate run -d #{i} failed (status {rc}); see {self.name}.log")
         return ms, sid, None
+
+    def while_running(self, starts: list[float]) -> dict[str, Any]:
+        """isolate gc with every sandbox alive: its own state directory's, then another's (a second
+        user of isolate on the host); each must remove nothing (issue #17: it once took them all)."""
+        gc: dict[str, Any] = {"removed": 0}
+        for key, state_dir in (("own_ms", self.env["ISOLATE_STATE_DIR"]), ("other_ms", self.other_state)):
+            argv = [self.argv[0], "gc", "--cgroup-parent", self.ctx.cgroup_parent]
+            os.ftruncate(self.outfd, 0)
+            os.lseek(self.outfd, 0, os.SEEK_SET)
+            ms, rc = timed_spawn(argv[0], argv, {**self.env, "ISOLATE_STATE_DIR": state_dir}, self.actions)
+            if rc != 0:
+                raise RuntimeError(f"isolate gc ({key}): status {rc}; see {self.name}.log")
+            gc[key] = ms
+            gc["removed"] += len(os.pread(self.outfd, 1 << 16, 0).splitlines())
+        gc["own_per_sandbox_ms"] = gc["own_ms"] / len(starts) if starts else None
+        return {"gc": gc}
 
     def stop(self, sid: str, pid: int | None) -> float:
         argv = [self.argv[0], "rm", "-f", sid]
@@ -309,4 +332,7 @@ def run_detached(ctx: Context, n: int, n_cli: int, n_runc: int, settle: float) -
         for key in ("start", "teardown"):
             mine, ref = row.get(key, {}).get("median"), crun.get(key, {}).get("median")
             row[f"{key}_ratio_to_crun"] = mine / ref if mine and ref else None
+    gc, crun_teardown = out.get("isolate-cli", {}).get("gc"), crun.get("teardown", {}).get("median")
+    if gc and gc.get("own_per_sandbox_ms") and crun_teardown:
+        gc["per_sandbox_ratio_to_crun_teardown"] = gc["own_per_sandbox_ms"] / crun_teardown
     return out

@@ -108,6 +108,24 @@ TARGETS = (
         basis="medians",
     ),
     Target(
+        id="gc_leaves_live_sandboxes",
+        what="isolate gc beside live `run -d` sandboxes (own, another dir's): removed",
+        figure="detached/isolate-cli/gc/removed",
+        op="<=",
+        goal=0,
+        unit="lines",
+        basis="count",
+    ),
+    Target(
+        id="gc_per_sandbox_vs_crun_delete",
+        what="isolate gc's time per live sandbox / crun kill+delete of one",
+        figure="detached/isolate-cli/gc/per_sandbox_ratio_to_crun_teardown",
+        op="<=",
+        goal=0.25,
+        unit="x",
+        basis="one gc over all / n; crun's median",
+    ),
+    Target(
         id="twenty_layers",
         what="overlay start, 20 lower layers - 1 layer",
         figure="images/twenty_minus_one_ms",
@@ -116,6 +134,16 @@ TARGETS = (
         unit="ms",
         signed=True,
         basis="medians",
+    ),
+    Target(
+        id="verify_vs_import",
+        what="isolate image verify / the import it checks",
+        figure="images/verify/verify_ms",
+        per="images/verify/import_ms",
+        op="<=",
+        goal=0.5,
+        unit="x",
+        basis="medians, gzip layer, warm page cache (#17)",
     ),
 )
 BY_ID = {t.id: t for t in TARGETS}

@@ -15,7 +15,7 @@ from support.commands import cli
 from support.oci_layouts import make_layout
 
 from isolate import ConfigError, Sandbox
-from isolate.images import ImageError, ImageStore
+from isolate.images import ImageError, ImageStore, verify_store
 from isolate.images.formats import import_path
 
 
@@ -53,6 +53,9 @@ def test_podman_image_runs(kind: str, podman_images: dict[str, object], store: I
     # a file deleted by a later layer is gone; an opaque directory hides what was below it
     code, out = run_image(store, "test:1", ["sh", "-c", "ls /data; ls /opt/d; cat /etc/hello"])
     assert code == 0 and out.split() == ["keep", "three", "hello-from-layer"]
+    # each layer (whiteouts, the opaque directory's xattr) is still what its record says
+    report = verify_store(store)
+    assert report.ok and report.layers == podman_images["layers"] and not report.warnings, report.summary()
 
 
 def test_images_sharing_a_base_share_its_layer(podman_images: dict[str, object], store: ImageStore) -> None:

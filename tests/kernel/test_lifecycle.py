@@ -357,3 +357,21 @@ def test_net_connect(busybox_root: Path) -> None:
     assert again.stderr.count(b"\n") == 1
     bad = cli("net", "connect", "--subnet", "10.214.0.0/32", "net-a", "net-b")
     assert bad.returncode == 125 and b"needs room for two addresses" in bad.stderr
+
+
+def test_a_signal_to_exec_at_any_moment_never_leaves_its_command_running(busybox_root: Path, marker: str) -> None:
+    """SIGTERM to `isolate exec` while it starts: it dies before the fork, or the command gets the
+    signal (the relay holds it until the command's pid is known); never a command left running."""
+    import random
+
+    sandbox_id = start(busybox_root, "sleep", "100")
+    rng = random.Random(1707)
+    outcomes = set()
+    for _ in range(30):
+        proc = subprocess.Popen([ISOLATE_BIN, "exec", sandbox_id, "sh", "-c", f"sleep 50; echo {marker}"])
+        time.sleep(rng.uniform(0.0, 0.15))  # python start, click, the fork, the exec: all in here
+        proc.send_signal(signal.SIGTERM)
+        outcomes.add(proc.wait(timeout=20))
+        wait_for(lambda: processes_matching(marker) == [], timeout=5)
+    assert outcomes <= {-signal.SIGTERM, 128 + signal.SIGTERM}, outcomes
+    assert cli("rm", "-f", sandbox_id).returncode == 0

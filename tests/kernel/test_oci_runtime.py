@@ -412,3 +412,149 @@ def test_resources_translate_to_each_cgroup_version() -> None:
         ("pids", "pids.max", "32"),
     ]
     assert writes("v2", {"pids": {"limit": 0}}) == [("unified", "pids.max", "max")]
+
+
+# The lifecycle of one container, run in a mount namespace of its own whose mounts are all
+# shared, as a systemd host's are (this host's are private, which hid the bug) -- made private
+# first, so that on a host whose mounts are shared a regression hurts only this namespace.
+# A subreaper, so the container's process is reaped here; prints the mounts of that namespace
+# gone and added by the end, and each command's exit status and stderr.
+SHARED_HOST_LIFECYCLE = r"""
+import ctypes, json, os, shutil, subprocess, sys, tempfile, time
+oci, root, bundle, cid, rewrite, no_pivot, own_mount = json.loads(sys.argv[1])
+subprocess.run(["mount", "--make-rshared", "/"], check=True)
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+def mounts():
+    with open("/proc/self/mountinfo") as f:
+        return sorted(line.split()[4] for line in f)
+def call(*args):
+    with tempfile.TemporaryFile() as err:  # not a pipe: the created container keeps create's
+        done = subprocess.run([oci, "--root", root, *args], stdout=subprocess.DEVNULL, stderr=err, timeout=20)
+        err.seek(0)
+        calls.append([args[0], done.returncode, err.read().decode().strip()])
+calls = []
+if own_mount:  # the root on a mount of its own: "/" is then not the root's parent, made private
+    config = json.load(open(bundle + "/config.json"))
+    os.makedirs(bundle + "/mnt")
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", bundle + "/mnt"], check=True)
+    shutil.copytree(config["root"]["path"], bundle + "/mnt/root", symlinks=True)
+    config["root"]["path"] = bundle + "/mnt/root"
+    json.dump(config, open(bundle + "/config.json", "w"))
+before = mounts()
+call("create", "--bundle", bundle, *(["--no-pivot"] if no_pivot else []), cid)
+if rewrite:  # runtime-tools' config_updates_without_affect: a config changed after create is not read
+    json.dump({"ociVersion": "1.0.0"}, open(bundle + "/config.json", "w"))
+call("start", cid)
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    state = subprocess.run([oci, "--root", root, "state", cid], capture_output=True, text=True)
+    if state.returncode != 0 or json.loads(state.stdout)["status"] == "stopped":
+        break
+    time.sleep(0.02)
+call("delete", "--force", cid)
+after = mounts()
+while True:
+    try:
+        if os.waitpid(-1, 0)[0] <= 0:
+            break
+    except ChildProcessError:
+        break
+gone, added = list(before), []
+for point in after:
+    if point in gone:
+        gone.remove(point)
+    else:
+        added.append(point)
+print(json.dumps({"gone": gone, "added": added, "calls": calls}))
+"""
+
+
+def container_cgroups(cid: str) -> list[str]:
+    """The container's group below isolate's parent, in every hierarchy (v1 and unified)."""
+    from support.host import cgroup_mounts
+
+    from isolate.config import DEFAULT_CGROUP_PARENT
+
+    found = [os.path.join(point, DEFAULT_CGROUP_PARENT, cid) for point in cgroup_mounts()]
+    return sorted(path for path in found if os.path.isdir(path))
+
+
+def lifecycle_on_a_shared_host(oci: Runtime, b: Path, cid: str, rewrite: bool = False, no_pivot: bool = False,
+                               own_mount: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Create, start, wait and delete one container where every mount is shared; returns the
+    mounts it unmounted and added and its commands' results, and asserts it left no cgroup."""
+    args = json.dumps([OCI, str(oci.root), str(b), cid, rewrite, no_pivot, own_mount])
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", SHARED_HOST_LIFECYCLE,
+                           args], capture_output=True, text=True, timeout=90)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    left = container_cgroups(cid)
+    if left:
+        from support.host import remove_cgroup_trees
+
+        remove_cgroup_trees(left)
+    assert not left, f"isolate-oci left its cgroup: {left}"
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+@pytest.mark.parametrize("propagation", ["shared", "rshared", "slave", "private", "unbindable"])
+def test_root_propagation_on_a_shared_host_leaves_host_mounts_and_no_cgroup(
+    oci: Runtime, bundle: Any, propagation: str
+) -> None:
+    # runtime-tools' linux_rootfs_propagation.  With "shared", detaching the old root after
+    # pivot_root unmounted the host's /sys/fs/cgroup hierarchies, /dev/pts and /dev/shm (the old
+    # root's mounts were their peers), so delete found no cgroup to remove: 8 left on this host.
+    linux = {**default_config()["linux"], "rootfsPropagation": propagation}
+    result = lifecycle_on_a_shared_host(oci, bundle(["true"], linux=linux), "p-" + propagation)
+    assert result["added"] == [], f"the container's mounts landed on the host: {result['added']}"
+    assert result["gone"] == [], f"the container unmounted the host's mounts: {result['gone']}"
+    statuses = [status for _, status, _ in result["calls"]]
+    if propagation == "unbindable" and statuses[0] != 0:
+        # Nothing below an unbindable "/" can be bound (the cgroup mount's binds here; runc
+        # fails on its root's bind): a refused create must leave nothing either.
+        assert "Invalid argument" in result["calls"][0][2], result["calls"]
+    else:
+        assert statuses == [0, 0, 0], result["calls"]
+
+
+def test_config_update_after_create_on_a_shared_host_leaves_no_cgroup(oci: Runtime, bundle: Any) -> None:
+    # runtime-tools' config_updates_without_affect: rootfsPropagation shared, config.json
+    # replaced between create and start.
+    linux = {**default_config()["linux"], "rootfsPropagation": "shared"}
+    result = lifecycle_on_a_shared_host(oci, bundle(["true"], linux=linux), "u1", rewrite=True)
+    assert result["added"] == [], f"the container's mounts landed on the host: {result['added']}"
+    assert result["gone"] == [], f"the container unmounted the host's mounts: {result['gone']}"
+    assert [status for _, status, _ in result["calls"]] == [0, 0, 0], result["calls"]
+
+
+def test_no_pivot_on_a_shared_host_does_not_cover_its_root(oci: Runtime, bundle: Any) -> None:
+    # --no-pivot moves the root over "/": with "/" shared (the root on a mount of its own, so
+    # "/" is not the parent made private), the move was copied onto the host's "/".
+    linux = {**default_config()["linux"], "rootfsPropagation": "shared"}
+    result = lifecycle_on_a_shared_host(oci, bundle(["true"], linux=linux), "np1", no_pivot=True, own_mount=True)
+    assert [status for _, status, _ in result["calls"]] == [0, 0, 0], result["calls"]
+    assert result["added"] == [], f"the container's mounts landed on the host: {result['added']}"
+    assert result["gone"] == [], f"the container unmounted the host's mounts: {result['gone']}"
+
+
+def test_delete_reports_a_cgroup_it_cannot_reach(oci: Runtime, bundle: Any) -> None:
+    # Whatever unmounts a hierarchy, delete must say its cgroup stays rather than exit 0.
+    from support.host import cgroup_mounts
+
+    oci.ok("create", "--bundle", str(bundle(["true"])), "d1")
+    hidden = next(point for point in sorted(cgroup_mounts()) if os.path.isdir(os.path.join(point, "isolate", "d1")))
+    try:
+        done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                               'umount -l "$1" && exec "$2" --root "$3" delete --force d1', "sh",
+                               hidden, OCI, str(oci.root)], capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        message = done.stderr.strip()
+        assert message.startswith("isolate-oci: container d1 deleted, but its cgroup was not removed")
+        assert f"{hidden}/isolate/d1: its cgroup hierarchy is no longer mounted here" in message
+        assert len(message.splitlines()) == 1
+        assert not (oci.root / "d1").exists()
+        assert container_cgroups("d1") == [os.path.join(hidden, "isolate", "d1")]
+    finally:
+        _reap()
+        for path in container_cgroups("d1"):
+            os.rmdir(path)
