@@ -269,7 +269,9 @@ def _import_oci(
         blob = f"blobs/sha256/{hex_of(layer['digest'])}"
         if not store.has_layer(diff_id) and not source.has(blob):
             raise ImageError(f"{path}: blob {layer['digest']} is missing; the image is incomplete")
-        callback = progress(f"layer {i + 1}/{len(layers)}", int(layer.get("size", 0))) if progress else None
+        size = layer.get("size")  # for the progress bar only: a wrong one is not worth a refusal
+        size = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0
+        callback = progress(f"layer {i + 1}/{len(layers)}", size) if progress else None
         what = f"{path}: layer {i + 1}/{len(layers)} ({layer['digest'][:19]})"
         added.append(store.add_layer(_opener(source, blob), diff_id, layer["digest"], callback, what))
     ref = name or _ref_of(descriptor)

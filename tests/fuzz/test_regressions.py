@@ -23,7 +23,7 @@ from fuzz_targets import _tar_of
 
 from isolate.errors import ConfigError, IsolateError
 from isolate.images import ImageStore
-from isolate.images.formats import import_path
+from isolate.images.formats import host_arch, import_path
 from isolate.images.unpack import ImageError, unpack_layer
 
 
@@ -158,6 +158,22 @@ def test_an_image_config_field_of_the_wrong_type(key: str, value: Any, tmp_path:
     with pytest.raises(ImageError, match=f"config.{key}") as exc:  # was a TypeError or AttributeError at run
         _import(tmp_path, _docker_archive(tmp_path, config))
     one_line(exc)
+
+
+@pytest.mark.parametrize("size", ["abc", float("nan"), float("inf")])
+def test_an_oci_layer_size_that_is_not_a_number(size: Any, tmp_path: Path) -> None:
+    layer = tiny_tar({"a": b"x"})
+    config = json.dumps(D.image_config([_sha(layer)])).encode()
+    manifest_doc = D.oci_manifest((_sha(config), len(config)), [(_sha(layer), len(layer))])
+    manifest_doc["layers"][0]["size"] = size
+    manifest = json.dumps(manifest_doc).encode()
+    index = json.dumps(D.oci_index((_sha(manifest), len(manifest)), host_arch())).encode()
+    blobs = [(f"blobs/sha256/{_sha(b)[7:]}", b) for b in (config, manifest, layer)]
+    path = tmp_path / "oci.tar"
+    path.write_bytes(_tar_of([("oci-layout", b'{"imageLayoutVersion": "1.0.0"}'), ("index.json", index), *blobs]))
+    progress = lambda what, total: lambda done: None  # noqa: E731 - as the CLI passes one
+    # was ValueError or OverflowError from int(size), the size only feeding the progress bar
+    assert import_path(ImageStore(str(tmp_path / "store")), str(path), None, progress)
 
 
 def test_a_directory_where_an_oci_blob_goes(tmp_path: Path) -> None:
