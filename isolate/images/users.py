@@ -18,9 +18,16 @@ def _id(text: str, what: str) -> int:
 
 def _lookup(lowers: list[str], filename: str, name: str) -> tuple[int, int] | None:
     """(id, group id) of ``name`` in the topmost layer's /etc/passwd or /etc/group."""
+    from isolate.plan.steps import resolve_in_root
+
     for layer in lowers:  # top first: the first layer that has the file wins
-        path = os.path.join(layer, "etc", filename)
-        if os.path.isfile(path) and not os.path.islink(path):
+        # The image's symlinks resolved inside its layer, never on the host: an /etc that links
+        # to a host directory must not make a host file the image's passwd (CVE-2019-14271).
+        try:
+            path = resolve_in_root(layer, f"/etc/{filename}")
+        except OSError:  # missing, or a loop: not in this layer
+            continue
+        if os.path.isfile(path):
             with open(path, errors="replace") as f:
                 for line in f:
                     fields = line.rstrip("\n").split(":")

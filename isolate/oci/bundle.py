@@ -18,7 +18,7 @@ from isolate.errors import ConfigError
 from isolate.oci import steps as S
 from isolate.oci.warnings import warn
 from isolate.plan.seccomp import LoadSeccomp
-from isolate.plan.security import MaskPath, SetOomScoreAdj, last_cap
+from isolate.plan.security import ExecOnlyBeneathRoot, MaskPath, SetOomScoreAdj, last_cap
 from isolate.plan.steps import (
     Chdir,
     JoinCgroup,
@@ -395,6 +395,7 @@ def _build(
     if not cwd.startswith("/"):
         raise ConfigError(f"process.cwd {cwd!r}: must be an absolute path")
     steps.append(Chdir(cwd))
+    steps.append(ExecOnlyBeneathRoot())  # capabilities still whole here: Landlock needs no no_new_privs
     if process.get("oomScoreAdj") is not None:
         steps.append(SetOomScoreAdj(int(process["oomScoreAdj"])))
     rlimits = []
