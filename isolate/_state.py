@@ -196,6 +196,28 @@ def is_alive(record: dict[str, Any]) -> bool:
         return False
 
 
+def lock_directory(path: str) -> int:
+    """An exclusive flock on a directory; the descriptor that holds it (see start_detached)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def directory_in_use(path: str) -> bool:
+    """Whether a process holds :func:`lock_directory`'s lock on ``path`` (False when it is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def records_lock(state_dir: str) -> int:
     """An exclusive lock over names: two `run -d --name web` at once cannot both get it."""
     os.makedirs(state_dir, 0o700, exist_ok=True)
@@ -210,6 +232,10 @@ def status_of(record: dict[str, Any]) -> str:
     status = str(record.get("status", "created"))
     if status == "running" and not is_alive(record):
         # Exited: the monitor records how within moments, unless the monitor itself is gone.
+        # The one that started it: another monitor, started since, knows nothing of it.
+        monitor = record.get("monitor")
+        if isinstance(monitor, int):
+            return "exiting" if is_alive({"pid": monitor, "pid_start": record.get("monitor_start")}) else "dead"
         return "exiting" if monitor_alive(str(record.get("state_dir", ""))) else "dead"
     if status == "created":
         creator = record.get("creator")

@@ -99,23 +99,28 @@ def _remove_cgroup(version: str, dirs: dict[str, str]) -> list[str]:
     return [f"cgroup {d}" for d in sorted(present.values())]
 
 
-def _interrupted_starts(state_dir: str, grace: float = 60.0) -> list[str]:
+def _interrupted_starts(state_dir: str) -> list[str]:
     """Record directories without a record: an unnamed `run -d` killed before the monitor
-    wrote it (a start takes milliseconds; these are older than ``grace`` seconds)."""
+    wrote it.  A start in progress holds the directory's lock (lifecycle.start_detached), and
+    makes it under the records lock, held here, so a directory is never seen before its lock."""
     import shutil
-    import time
 
     top = state.sandboxes_dir(state_dir)
+    if not os.path.isdir(top):
+        return []
     removed = []
-    for entry in os.listdir(top) if os.path.isdir(top) else []:
-        path = os.path.join(top, entry)
-        try:
-            if os.path.exists(os.path.join(path, "state.json")) or time.time() - os.stat(path).st_mtime < grace:
+    lock = state.records_lock(state_dir)
+    try:
+        for entry in sorted(os.listdir(top)):
+            path = os.path.join(top, entry)
+            if os.path.exists(os.path.join(path, "state.json")) or state.directory_in_use(path):
                 continue
-        except FileNotFoundError:
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(f"sandbox {entry} (start interrupted, no record)")
+            if os.path.exists(os.path.join(path, "state.json")):  # written as its lock was let go
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(f"sandbox {entry} (start interrupted, no record)")
+    finally:
+        os.close(lock)
     return removed
 
 

@@ -85,10 +85,20 @@ def start_detached(sandbox: Sandbox, argv: list[str], name: str | None = None) -
         "creator": os.getpid(),
         "creator_start": state.process_start_time(os.getpid()),
     }
+    held = -1  # the record directory, locked until the monitor wrote the record (see below)
     if name is None:
         # Nothing to reserve: the monitor writes the first record, once the sandbox runs (a
-        # record now would be one more JSON write on every start, about 0.4 ms).
-        os.makedirs(directory, 0o700)
+        # record now would be one more JSON write on every start, about 0.4 ms).  Until then
+        # the directory is locked (flock), by this process and by the monitor, which receives
+        # the descriptor: `isolate gc` removes a directory with no record only when its lock is
+        # free, a start killed before the monitor took it.  Made under the records lock, which
+        # gc holds while it looks, so it never sees the directory before it is locked.
+        lock = state.records_lock(state_dir)
+        try:
+            os.makedirs(directory, 0o700)
+            held = state.lock_directory(directory)
+        finally:
+            os.close(lock)
     else:
         lock = state.records_lock(state_dir)
         try:
@@ -101,14 +111,14 @@ def start_detached(sandbox: Sandbox, argv: list[str], name: str | None = None) -
     try:
         fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
         fds.append(os.open(str(record["log"]), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
-        hand_over(state_dir, plan, record, (fds[0], fds[1], fds[1]))
+        hand_over(state_dir, plan, record, (fds[0], fds[1], fds[1], *([held] if held >= 0 else [])))
     except BaseException:
         import shutil
 
         shutil.rmtree(directory, ignore_errors=True)
         raise
     finally:
-        for fd in fds:
+        for fd in fds + ([held] if held >= 0 else []):
             os.close(fd)
     return sandbox_id
 

@@ -183,7 +183,8 @@ def _serve_client(
     conn: socket.socket, supervisor: Any, running: dict[int, _Sandbox], poller: Any, state_dir: str
 ) -> bool:
     try:
-        data, fds, _, _ = socket.recv_fds(conn, _MAX_MSG, 3)
+        # stdin, stdout, stderr, and the record directory's lock (held until the record is written)
+        data, fds, _, _ = socket.recv_fds(conn, _MAX_MSG, 4)
     except OSError:
         return False
     if not data:
@@ -204,10 +205,12 @@ def _serve_client(
             )
         plan = pickle.loads(plan_bytes)
         faults.point("monitor:plan")
-        pid, pidfd = supervisor.start(plan, tuple(fds))
+        pid, pidfd = supervisor.start(plan, tuple(fds[:3]))
         try:
             faults.point("monitor:record")
-            record.update(status="running", pid=pid, pid_start=state.process_start_time(pid), started=time.time())
+            # Who records its end: a monitor started after this one died must not pass for it.
+            record.update(status="running", pid=pid, pid_start=state.process_start_time(pid), started=time.time(),
+                          monitor=os.getpid(), monitor_start=_own_start())  # fmt: skip
             state.write_record(state_dir, record)
         except BaseException:
             # The client hears of the failure and records nothing: the sandbox must not run on
@@ -236,6 +239,15 @@ def _serve_client(
     return True
 
 
+_started_at: list[int | None] = []
+
+
+def _own_start() -> int | None:
+    if not _started_at:
+        _started_at.append(state.process_start_time(os.getpid()))
+    return _started_at[0]
+
+
 def _finish(box: _Sandbox, supervisor: Any, state_dir: str, build_result: Any) -> None:
     try:
         status, utime, stime, stats = supervisor.finish(box.pid)
@@ -252,8 +264,9 @@ def _finish(box: _Sandbox, supervisor: Any, state_dir: str, build_result: Any) -
         state.write_record(state_dir, box.record)
 
 
-def start_detached(state_dir: str, plan: Plan, record: dict[str, Any], stdio: tuple[int, int, int]) -> int:
-    """Hand a sandbox to the monitor (starting one if none runs); returns its pid."""
+def start_detached(state_dir: str, plan: Plan, record: dict[str, Any], stdio: tuple[int, ...]) -> int:
+    """Hand a sandbox to the monitor (starting one if none runs); returns its pid.  ``stdio``:
+    stdin, stdout, stderr, then optionally a descriptor the monitor keeps until it wrote the record."""
     sock = _connect(state_dir)
     try:
         message = ("start", protocol(), pickle.dumps(plan, pickle.HIGHEST_PROTOCOL), record)

@@ -80,6 +80,20 @@ def resolve(cgroups_path: str, container_id: str, systemd: bool) -> tuple[str, d
     return "v1", dirs
 
 
+def missing(version: str, dirs: dict[str, str]) -> list[str]:
+    """The directories :func:`create` would make now, parents first."""
+    out: list[str] = []
+    for controller, path in dirs.items():
+        mount = _mount_of(version, controller, path)
+        levels = []
+        level = path
+        while level != mount and not os.path.isdir(level):
+            levels.append(level)
+            level = os.path.dirname(level)
+        out += reversed(levels)
+    return out
+
+
 def create(version: str, dirs: dict[str, str], resources: dict[str, Any],
            devices: list[dict[str, Any]] | None = None) -> list[str]:  # fmt: skip
     """Make the directories (returns those made, parents first) and write the limits."""

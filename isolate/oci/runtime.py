@@ -125,14 +125,18 @@ class Runtime:
             version: str | None = None
             dirs: dict[str, str] = {}
             version, dirs = C.resolve(linux.get("cgroupsPath") or "", cid, self.systemd_cgroup)
-            made_cgroups = C.create(version, dirs, linux.get("resources") or {}, linux.get("devices") or [])
             record: dict[str, Any] = {
                 "id": cid, "pid": 0, "bundle": bundle, "rootfs": rootfs,
                 "created": _rfc3339(time.time()), "annotations": config.get("annotations") or {},
-                "cgroup_version": version, "cgroup_dirs": dirs, "cgroups_made": made_cgroups,
+                "cgroup_version": version, "cgroup_dirs": dirs, "cgroups_made": C.missing(version, dirs),
                 "hooks": config.get("hooks") or {}, "process": config.get("process") or {},
                 "namespaces": B.namespaces(config), "seccomp": None,
             }  # fmt: skip
+            # Saved before anything is made: a create killed from here on (kill -9, the OOM
+            # killer) leaves the record that `delete --force` needs to remove what it made.
+            self._save(record)
+            made_cgroups = C.create(version, dirs, linux.get("resources") or {}, linux.get("devices") or [])
+            record["cgroups_made"] = made_cgroups
             program = _seccomp(self.root, linux.get("seccomp"))
             record["seccomp"] = program.hex() if program else None
             fifo = os.path.join(directory, "exec.fifo")
@@ -248,6 +252,8 @@ class Runtime:
             record = self.load(cid)
         except NotFound:
             if force:
+                # a create killed before its first record left only its directory
+                shutil.rmtree(self._dir(cid), ignore_errors=True)
                 return
             raise
         status = self.status(record)

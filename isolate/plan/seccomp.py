@@ -194,7 +194,9 @@ def cached_program(state_dir: str, profile: dict[str, Any]) -> str:
     if not os.path.exists(path):
         program = compile_profile(profile)
         os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}"
+        # one temporary name per writer: two threads of one process compiling the same profile
+        # at once (a fresh state directory) wrote one file, and a run could read it empty
+        tmp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}"
         with open(tmp, "wb") as f:
             f.write(program)
         os.rename(tmp, path)

@@ -51,8 +51,11 @@ class Helper:
         self.sock = ours
 
     def _call(self, request: Any, fds: list[int] | tuple[int, ...] = ()) -> tuple[Any, list[int]]:
-        socket.send_fds(self.sock, [pickle.dumps(request)], list(fds))
-        data, fds_back, _, _ = socket.recv_fds(self.sock, _MAX_MSG, 4)
+        try:
+            socket.send_fds(self.sock, [pickle.dumps(request)], list(fds))
+            data, fds_back, _, _ = socket.recv_fds(self.sock, _MAX_MSG, 4)
+        except OSError:  # killed between two requests: the socket is broken, not just at its end
+            data, fds_back = b"", []
         if not data:
             raise IsolateError("the spawn helper process died; see its output above")
         reply = pickle.loads(data)
@@ -83,8 +86,11 @@ class HelperPool:
 
     def acquire(self) -> Helper:
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
+            while self._idle:
+                helper = self._idle.pop()
+                if helper.proc.poll() is None:
+                    return helper
+                helper.sock.close()  # it died while idle (killed, OOM): a run must not get it
         return Helper()
 
     def release(self, helper: Helper, healthy: bool = True) -> None:

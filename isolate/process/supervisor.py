@@ -198,7 +198,7 @@ class Spare:
 
     A Sandbox run in a loop builds the next one while the current command runs, so that
     sequential runs overlap their setup.  It owns its cgroup and lock from the start; it
-    dies with the thread that made it (PR_SET_PDEATHSIG) or by :meth:`discard`, and
+    dies with the process that made it (PR_SET_PDEATHSIG, through the zygote) or by :meth:`discard`, and
     ``isolate gc`` removes what a crashed caller left.
     """
 

@@ -27,6 +27,7 @@ from isolate import _libc
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
     from isolate.plan.steps import Plan
 
@@ -164,12 +165,56 @@ def _ensure() -> Zygote:
     if _zygote is not None and _zygote.owner != os.getpid():
         _zygote = None  # inherited by a fork of the caller: that zygote is not this process's child
     if _zygote is None:
-        _zygote = Zygote()
+        import threading  # once per process
+
+        # The main thread lives as long as the process (see _from_keeper): fork from it directly.
+        _zygote = Zygote() if threading.current_thread() is threading.main_thread() else _from_keeper()
         import atexit
 
         # Reap it at exit: an orphan's zombie waits for PID 1, which need not reap.
         atexit.register(_shutdown, _zygote)
     return _zygote
+
+
+# (requests, replies, the slot between them, owner pid) of the thread the zygote is forked from
+_keeper: tuple[Any, Any, list[Any], int] | None = None
+
+
+def _from_keeper() -> Zygote:
+    """A new Zygote, forked from a thread that lives as long as this process, for a caller that
+    is not the main thread.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked a process exits, not its process
+    (prctl(2)), and that thread is the parent of the zygote and, through CLONE_PARENT, of every
+    spare it clones.  Forked from a caller's worker thread, all of them were killed when that
+    thread ended, and a spare killed between its alive() check and its exec read as a command
+    killed by SIGKILL: a run that never ran reported 137 (tests/kernel/test_kill9.py).
+    """
+    global _keeper
+    if _keeper is None or _keeper[3] != os.getpid():  # none yet, or inherited by a fork
+        requests, replies = _thread.allocate_lock(), _thread.allocate_lock()
+        requests.acquire()
+        replies.acquire()
+        slot: list[Any] = []
+
+        def serve() -> None:
+            while True:
+                requests.acquire()
+                try:
+                    slot.append((True, Zygote()))
+                except BaseException as exc:  # noqa: BLE001 - raised in the caller
+                    slot.append((False, exc))
+                replies.release()
+
+        _thread.start_new_thread(serve, ())
+        _keeper = (requests, replies, slot, os.getpid())
+    requests, replies, slot, _ = _keeper
+    requests.release()
+    replies.acquire()
+    ok, value = slot.pop()
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def clone(plan: Plan, fds: list[int], spare: bool = True, meanwhile: Callable[[], None] | None = None) -> int:
@@ -271,6 +316,10 @@ def _serve(fd: int, parent: int) -> None:
             else:
                 pid = _libc.clone_fork(flags | _libc.CLONE_PARENT, fork_hooks=False)
                 if pid == 0:
+                    # The zygote's end of its socket: a child that kept it (an init never execs, a
+                    # spare waits) would hide the zygote's death from the caller, whose next
+                    # request would then wait for that child to end.
+                    os.close(fd)
                     _libc.prctl_set_name(b"isolate-spare" if spare else b"isolate-child")  # not the zygote's, in ps
                     _start(message, spare, errw, gor, rest, template)  # never returns
                 reply = b"pid %d" % pid
