@@ -1,9 +1,9 @@
 """Thin ctypes bindings for the syscalls isolate needs.
 
 Only what the standard library lacks lives here: mount(2), umount2(2), pivot_root(2),
-unshare(2), setns(2), prctl(2), sethostname(2) and a fork-like clone(2).  Every wrapper
-raises ``OSError`` with the errno the kernel returned, so callers can tell EPERM from
-EINVAL the way the man pages do.
+unshare(2), setns(2), prctl(2), sethostname(2), a fork-like clone(2), openat2(2) and
+Landlock.  Every wrapper raises ``OSError`` with the errno the kernel returned, so callers
+can tell EPERM from EINVAL the way the man pages do.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ MNT_DETACH = 2
 
 # sys/prctl.h
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -184,6 +185,61 @@ def close_range_cloexec(first: int) -> None:
                     os.set_inheritable(fd, False)
                 except OSError:
                     pass
+
+
+# openat2(2) (Linux 5.6) and Landlock (5.13): the same numbers on every architecture (asm-generic/unistd.h)
+_SYS_OPENAT2 = 437
+_SYS_LANDLOCK_CREATE_RULESET = 444
+_SYS_LANDLOCK_ADD_RULE = 445
+_SYS_LANDLOCK_RESTRICT_SELF = 446
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
+_LANDLOCK_ACCESS_FS_EXECUTE = 1
+_LANDLOCK_RULE_PATH_BENEATH = 1
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1  # struct landlock_path_beneath_attr is packed
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def open_in_root(root_fd: int, path: str, flags: int) -> int:
+    """openat2(2) of ``path`` with RESOLVE_IN_ROOT: every symlink and ".." is resolved as if
+    ``root_fd`` were "/", by the kernel, in one step, so a component swapped for a symlink
+    meanwhile cannot lead out of it; magic links (/proc/PID/fd/N) are refused.  Raises OSError;
+    ENOSYS before Linux 5.6."""
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    ret = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(root_fd), _b(path), ctypes.byref(how),
+                        ctypes.c_size_t(ctypes.sizeof(how)))  # fmt: skip
+    return _check(ret, "openat2", path)
+
+
+def landlock_execute_beneath(dir_fd: int) -> bool:
+    """Let this process and its descendants execve(2) only files beneath ``dir_fd`` (Landlock).
+
+    False when the kernel has no Landlock (before 5.13, or not enabled at boot): nothing is
+    restricted then.  Needs no_new_privs or CAP_SYS_ADMIN, as landlock_restrict_self(2) does."""
+    handled = ctypes.c_uint64(_LANDLOCK_ACCESS_FS_EXECUTE)  # struct landlock_ruleset_attr, its first field
+    ruleset = _libc.syscall(ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET), ctypes.byref(handled),
+                            ctypes.c_size_t(8), ctypes.c_uint32(0))  # fmt: skip
+    if ruleset < 0:
+        if ctypes.get_errno() in (errno.ENOSYS, errno.EOPNOTSUPP):
+            return False
+        _check(ruleset, "landlock_create_ruleset")
+    try:
+        rule = _PathBeneath(_LANDLOCK_ACCESS_FS_EXECUTE, dir_fd)
+        _check(_libc.syscall(ctypes.c_long(_SYS_LANDLOCK_ADD_RULE), ctypes.c_int(ruleset),
+                             ctypes.c_int(_LANDLOCK_RULE_PATH_BENEATH), ctypes.byref(rule), ctypes.c_uint32(0)),
+               "landlock_add_rule")  # fmt: skip
+        _check(_libc.syscall(ctypes.c_long(_SYS_LANDLOCK_RESTRICT_SELF), ctypes.c_int(ruleset), ctypes.c_uint32(0)),
+               "landlock_restrict_self")  # fmt: skip
+    finally:
+        os.close(ruleset)
+    return True
 
 
 _libc.socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]

@@ -25,6 +25,23 @@ def hold(state_dir: str, sandbox_id: str) -> int:
     """Create and lock this sandbox's lock file; returns the descriptor that holds it."""
     path = lock_path(state_dir, sandbox_id)
     os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+    # The file appears already locked: made under another name, locked, then linked into
+    # place.  Created and locked in two steps at its own name, it would be a free lock for a
+    # moment, which a concurrent ``isolate gc`` would take for a dead supervisor's.
+    tmp = f"{path}.{os.getpid()}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.link(tmp, path)
+    except FileExistsError:
+        os.close(fd)  # a dead supervisor's file, by the same name: lock it as it is, below
+    except BaseException:
+        os.close(fd)
+        raise
+    else:
+        return fd
+    finally:
+        os.unlink(tmp)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -197,6 +197,8 @@ def parse_user(text: str) -> tuple[int, int]:
         raise ConfigError(f"--user {text!r}: expected numeric UID[:GID], e.g. 1000:1000") from None
     if u < 0 or g < 0:
         raise ConfigError(f"--user {text!r}: ids cannot be negative")
+    if max(u, g) > 0xFFFFFFFE:  # (uid_t)-1 means "unchanged" to setuid(2)
+        raise ConfigError(f"--user {text!r}: ids go up to 4294967294")
     return u, g
 
 

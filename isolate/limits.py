@@ -17,6 +17,12 @@ _SIZE_SUFFIXES = {
     "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
     "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40,
 }  # fmt: skip
+_SIZE_MAX = 1 << 63  # the cgroup files hold signed 64-bit byte counts
+# The highest CPU number accepted: the kernel's NR_CPUS is at most 8192; a list like 0-99999999999
+# must not become a set of a hundred billion numbers.
+_CPU_MAX = 1 << 16
+_PIDS_MAX = 1 << 22  # the kernel's PID_MAX_LIMIT: pids.max refuses more
+_SECONDS_MAX = 1e9  # about 31 years: a longer time limit would overflow the timers that enforce it
 
 # limit -> (v1 file and value, v2 file and value): the translation table of the two APIs.
 CGROUP_FILES = {
@@ -48,9 +54,12 @@ def parse_size(text: str | int, what: str = "size") -> int:
         if suffix.lower() not in _SIZE_SUFFIXES:
             raise ConfigError(f"{what} {text!r}: unknown size suffix {suffix!r}; use K, M, G (or KiB, MiB, GiB)")
         try:
-            value = int(float(number) * _SIZE_SUFFIXES[suffix.lower()])
+            scaled = float(number) * _SIZE_SUFFIXES[suffix.lower()]
         except ValueError:
             raise ConfigError(f"{what} {text!r}: not a size; write e.g. 64M or 1G") from None
+        if not scaled < _SIZE_MAX:  # also inf: "9" * 400 parses as a float
+            raise ConfigError(f"{what} {text!r}: too large; the most is 8 EiB")
+        value = int(scaled)
     if value <= 0:
         raise ConfigError(f"{what} {text!r}: must be more than zero")
     return value
@@ -63,7 +72,7 @@ def parse_cpuset(text: str) -> list[int]:
         for part in text.split(","):
             first, _, last = part.strip().partition("-")
             lo, hi = int(first), int(last or first)
-            if lo < 0 or hi < lo:
+            if lo < 0 or hi < lo or hi >= _CPU_MAX:
                 raise ValueError
             cpus.update(range(lo, hi + 1))
     except ValueError:
@@ -113,10 +122,10 @@ class Limits:
         self.cpus = None if cpus is None else _number(cpus, "--cpus", float)
         self.cpu_weight = None if cpu_weight is None else int(_number(cpu_weight, "--cpu-weight", int))
         self.cpuset = cpuset
-        self.pids = None if pids is None else int(_number(pids, "--pids", int))
+        self.pids = None if pids is None else int(_number(pids, "--pids", int, _PIDS_MAX))
         self.io_weight = None if io_weight is None else int(_number(io_weight, "--io-weight", int))
-        self.time = None if time is None else _number(time, "--time", float)
-        self.wall_time = None if wall_time is None else _number(wall_time, "--wall-time", float)
+        self.time = None if time is None else _number(time, "--time", float, _SECONDS_MAX)
+        self.wall_time = None if wall_time is None else _number(wall_time, "--wall-time", float, _SECONDS_MAX)
         self._validate()
 
     def _validate(self) -> None:
@@ -153,14 +162,18 @@ class Limits:
         return "Limits(" + ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items()) + ")"
 
 
-def _number(value: float | int | str, what: str, kind: type) -> float:
+def _number(value: float | int | str, what: str, kind: type, most: float = float("inf")) -> float:
     try:
-        number = kind(value)
+        number = float(kind(value))
     except (TypeError, ValueError):
         raise ConfigError(f"{what} {value!r}: not a number") from None
-    if not number > 0 or number != number or number == float("inf"):
+    except OverflowError:  # an int of hundreds of digits
+        number = float("inf")
+    if not number > 0:  # also NaN
         raise ConfigError(f"{what} {value!r}: must be more than zero")
-    return float(number)
+    if not number <= most or number == float("inf"):
+        raise ConfigError(f"{what} {value!r}: too large" + (f"; the most is {most:.0f}" if most < float("inf") else ""))
+    return number
 
 
 def _format_cpus(cpus: list[int]) -> str:

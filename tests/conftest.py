@@ -2,7 +2,8 @@
 
 - tests/unit/: pure functions and the child core; seconds, no root, no sandbox;
 - tests/kernel/: isolate on the real kernel (namespaces, cgroups, mounts), as root;
-- tests/engines/: podman, containerd and the OCI runtime-tools suite driving isolate-oci.
+- tests/engines/: podman, containerd and the OCI runtime-tools suite driving isolate-oci;
+- tests/fuzz/: every parser of outside input fed hostile cases (hypothesis); no root needed.
 
 Every kernel and engine test is checked for leaks (tests/unit/conftest.py turns that off).
 """
@@ -20,10 +21,10 @@ from support.host import helper_sockets, host_mounts, open_fds, sandbox_cgroups,
 def pytest_collection_finish(session: pytest.Session) -> None:
     if os.geteuid() == 0:
         return
-    unit = os.path.join(os.path.dirname(__file__), "unit") + os.sep
-    if any(not str(item.path).startswith(unit) for item in session.items):
+    rootless = tuple(os.path.join(os.path.dirname(__file__), tier) + os.sep for tier in ("unit", "fuzz"))
+    if any(not str(item.path).startswith(rootless) for item in session.items):
         pytest.exit("isolate's kernel and engine tests create real namespaces and mounts: run them as root "
-                    "(tests/unit/ runs without)", returncode=2)  # fmt: skip
+                    "(tests/unit/ and tests/fuzz/ run without)", returncode=2)  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

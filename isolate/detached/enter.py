@@ -17,6 +17,7 @@ import os
 from isolate import _libc
 from isolate import _state as state
 from isolate.errors import ConfigError
+from isolate.plan.security import ExecOnlyBeneathRoot
 from isolate.plan.steps import Chdir, JoinCgroup, NoNewPrivs, SetUser
 from isolate.process import child
 
@@ -138,6 +139,9 @@ class _Launcher:
         steps.append(Chdir(self.workdir, create=False))
         if self.no_new_privs:
             steps.append(NoNewPrivs())
+            # The sandbox's own processes got it with no_new_privs (builder.build_plan): both
+            # are left out only for --privileged.
+            steps.append(ExecOnlyBeneathRoot())
         if self.drop_caps is not None:
             steps.append(self.drop_caps)
         if self.user:

@@ -8,6 +8,7 @@ the original bytes, so the exported config carries their new diff ids.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -29,45 +30,64 @@ _XATTRS_KEPT = ("user.", "security.capability")
 def tar_directory(directory: str, out: IO[bytes], overlay: bool = True) -> None:
     """Write ``directory`` as a layer tar (PAX: xattrs, long names); deterministic order.
 
-    With ``overlay``, overlayfs whiteouts become OCI whiteouts.
+    With ``overlay``, overlayfs whiteouts become OCI whiteouts.  The tree is read through
+    descriptors of its directories, each opened with O_NOFOLLOW in its parent, never by path: a
+    directory that a running sandbox (which has the tree as a volume) swaps for a symlink while
+    it is read can neither lead the walk out of the tree nor put a host file in the layer
+    (CVE-2018-15664).
     """
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for parent, dirs, files in _walk(directory):
-            for name in dirs + files:
-                path = os.path.join(parent, name)
-                arcname = os.path.relpath(path, directory)
-                st = os.lstat(path)
-                if overlay and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                    info = tarfile.TarInfo(os.path.join(os.path.dirname(arcname), ".wh." + name))
-                    info.mtime = int(st.st_mtime)
-                    tar.addfile(info)
-                    continue
-                info = tar.gettarinfo(path, arcname)
-                info.uname = info.gname = ""
-                xattrs = _xattrs(path)
-                if xattrs:
-                    info.pax_headers = {f"SCHILY.xattr.{k}": v.decode("latin-1") for k, v in xattrs.items()}
-                if info.isreg():
-                    with open(path, "rb") as f:
-                        tar.addfile(info, f)
-                else:
-                    tar.addfile(info)
-                if overlay and info.isdir() and _opaque(path):
-                    marker = tarfile.TarInfo(os.path.join(arcname, ".wh..wh..opq"))
-                    marker.mtime = int(st.st_mtime)
-                    tar.addfile(marker)
+    top = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            _add_tree(tar, top, "", overlay)
+    finally:
+        os.close(top)
 
 
-def _walk(top: str) -> list[tuple[str, list[str], list[str]]]:
-    out = []
-    for parent, dirs, files in os.walk(top):
-        dirs.sort()
-        files.sort()
-        # os.walk lists symlinks to directories as dirs; a layer stores them as links
-        links = [d for d in dirs if os.path.islink(os.path.join(parent, d))]
-        dirs[:] = [d for d in dirs if d not in links]
-        out.append((parent, list(dirs), sorted(files + links)))
-    return out
+def _add_tree(tar: tarfile.TarFile, dir_fd: int, prefix: str, overlay: bool) -> None:
+    """A directory's entries (directories first, then the rest, each sorted; a symlink to a
+    directory is a link), then each subdirectory's, depth first: os.walk's order."""
+    dirs: list[str] = []
+    others: list[str] = []
+    for name in os.listdir(dir_fd):
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        (dirs if stat.S_ISDIR(st.st_mode) else others).append(name)
+    dirs.sort()
+    for name in dirs + sorted(others):
+        _add_entry(tar, dir_fd, name, prefix + name, overlay)
+    for name in dirs:
+        sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            _add_tree(tar, sub, f"{prefix}{name}/", overlay)
+        finally:
+            os.close(sub)
+
+
+def _add_entry(tar: tarfile.TarFile, dir_fd: int, name: str, arcname: str, overlay: bool) -> None:
+    path = f"/proc/self/fd/{dir_fd}/{name}"  # looked up in that very directory, wherever it is now
+    st = os.lstat(path)
+    if overlay and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+        info = tarfile.TarInfo(os.path.join(os.path.dirname(arcname), ".wh." + name))
+        info.mtime = int(st.st_mtime)
+        tar.addfile(info)
+        return
+    info = tar.gettarinfo(path, arcname)
+    info.uname = info.gname = ""
+    xattrs = _xattrs(path)
+    if xattrs:
+        info.pax_headers = {f"SCHILY.xattr.{k}": v.decode("latin-1") for k, v in xattrs.items()}
+    if info.isreg():
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        with open(fd, "rb") as f:
+            if os.fstat(fd).st_ino != st.st_ino:
+                raise OSError(errno.ESTALE, f"{arcname} was replaced while it was read")
+            tar.addfile(info, f)
+    else:
+        tar.addfile(info)
+    if overlay and info.isdir() and _opaque(path):
+        marker = tarfile.TarInfo(os.path.join(arcname, ".wh..wh..opq"))
+        marker.mtime = int(st.st_mtime)
+        tar.addfile(marker)
 
 
 def _opaque(path: str) -> bool:

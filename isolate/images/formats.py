@@ -19,7 +19,7 @@ import os
 import tarfile
 
 from isolate import faults
-from isolate.images.store import Image, ImageStore, hex_of
+from isolate.images.store import Image, ImageStore, check_config, hex_of
 from isolate.images.unpack import ImageError
 
 TYPE_CHECKING = False
@@ -63,11 +63,37 @@ class _Source:
         with self.open(name) as f:
             data = f.read(limit + 1)
         if len(data) > limit:
-            raise ImageError(f"{name}: larger than {limit >> 20} MiB; not a manifest or config")
+            raise ImageError(f"{_short(name)}: larger than {limit >> 20} MiB; not a manifest or config")
         return data
 
     def close(self) -> None:
         pass
+
+
+class _Member:
+    """A member of the archive being read: a member cut short by the archive's end is an ImageError
+    (tarfile's ReadError would escape the layer's reader as a traceback)."""
+
+    def __init__(self, f: IO[bytes], path: str, name: str) -> None:
+        self.f, self.path, self.name = f, path, name
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self.f.read(n)
+        except (tarfile.TarError, EOFError) as exc:
+            raise ImageError(f"{self.path}: {_short(self.name)}: {exc}; the image archive is damaged") from None
+
+    def __enter__(self) -> _Member:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
+
+
+def _short(value: object) -> str:
+    """A value from an image's own documents, for a message: one line, not too long."""
+    text = repr(value) if not isinstance(value, str) or not value.isprintable() else value
+    return text if len(text) <= 200 else f"{text[:120]}...{text[-60:]}"
 
 
 class _DirSource(_Source):
@@ -84,7 +110,11 @@ class _DirSource(_Source):
         try:
             return open(self._full(name), "rb")
         except FileNotFoundError:
-            raise ImageError(f"{self.path}: {name} is missing; the image layout is incomplete") from None
+            raise ImageError(f"{self.path}: {_short(name)} is missing; the image layout is incomplete") from None
+        except OSError as exc:  # a directory where a blob goes, a symlink loop, no permission
+            raise ImageError(
+                f"{self.path}: cannot read {_short(name)}: {exc.strerror}; the image layout is damaged"
+            ) from None
 
     def has(self, name: str) -> bool:
         return os.path.isfile(self._full(name))
@@ -95,16 +125,20 @@ class _TarSource(_Source):
         self.path = path
         try:
             self.tar = tarfile.open(path, "r:")  # archives are uncompressed: members are seekable
-        except (tarfile.TarError, OSError) as exc:
+        except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
             raise ImageError(f"{path}: not a readable tar archive ({exc})") from None
-        self.members = {m.name.removeprefix("./"): m for m in self.tar.getmembers()}
+        try:  # the headers after the first are read here
+            self.members = {m.name.removeprefix("./"): m for m in self.tar.getmembers()}
+        except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
+            self.tar.close()
+            raise ImageError(f"{path}: a corrupt tar archive ({exc}); the image archive is damaged") from None
 
     def open(self, name: str) -> IO[bytes]:
-        member = self.members.get(name)
+        member = self.members.get(name) if isinstance(name, str) else None
         f = self.tar.extractfile(member) if member is not None and member.isfile() else None
         if f is None:
-            raise ImageError(f"{self.path}: {name} is missing from the archive; it is incomplete")
-        return f
+            raise ImageError(f"{self.path}: {_short(name)} is missing from the archive; it is incomplete")
+        return _Member(f, self.path, name)  # type: ignore[return-value]
 
     def has(self, name: str) -> bool:
         return name in self.members
@@ -166,10 +200,16 @@ def import_path(store: ImageStore, path: str, name: str | None = None, progress:
 
 
 def _json(source: _Source, name: str, path: str) -> Any:
+    return _loads(source.read(name), f"{path}: {_short(name)}")
+
+
+def _loads(data: bytes, what: str) -> Any:
     try:
-        return json.loads(source.read(name))
-    except json.JSONDecodeError as exc:
-        raise ImageError(f"{path}: {name} is not JSON ({exc})") from None
+        return json.loads(data)
+    except ValueError as exc:  # not JSON, not UTF-8, a number of more than 4300 digits
+        raise ImageError(f"{what} is not JSON ({exc}); the image is corrupt") from None
+    except RecursionError:
+        raise ImageError(f"{what}: JSON nested too deeply; the image is corrupt") from None
 
 
 def _verified(source: _Source, digest: str, what: str) -> bytes:
@@ -191,7 +231,7 @@ def _pick_manifest(source: _Source, index: dict[str, Any], name: str | None) -> 
         if platform and (platform.get("os") != "linux" or platform.get("architecture") != arch):
             continue
         if descriptor.get("mediaType") in (INDEX, DOCKER_LIST):
-            nested = json.loads(_verified(source, descriptor["digest"], "index"))
+            nested = _loads(_verified(source, descriptor["digest"], "index"), f"index {descriptor['digest']}")
             return _pick_manifest(source, nested, None)
         return dict(descriptor)
     raise ImageError(f"no image for linux/{arch} in this index; pull one for this platform")
@@ -215,9 +255,9 @@ def _import_oci(
 ) -> list[Image]:
     index = _json(source, "index.json", path)
     descriptor = _pick_manifest(source, index, name)
-    manifest = json.loads(_verified(source, descriptor["digest"], "manifest"))
+    manifest = _loads(_verified(source, descriptor["digest"], "manifest"), f"manifest {descriptor['digest']}")
     config_raw = _verified(source, manifest["config"]["digest"], "config")
-    config = json.loads(config_raw)
+    config = check_config(_loads(config_raw, f"config {manifest['config']['digest']}"))
     layers = manifest.get("layers") or []
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
     if len(layers) != len(diff_ids):
@@ -225,11 +265,13 @@ def _import_oci(
     added = []
     for i, (layer, diff_id) in enumerate(zip(layers, diff_ids)):
         if layer.get("mediaType") not in LAYER_TYPES:
-            raise ImageError(f"layer {layer.get('digest')}: unsupported media type {layer.get('mediaType')!r}")
+            raise ImageError(f"layer {_short(layer.get('digest'))}: unsupported media type {layer.get('mediaType')!r}")
         blob = f"blobs/sha256/{hex_of(layer['digest'])}"
         if not store.has_layer(diff_id) and not source.has(blob):
             raise ImageError(f"{path}: blob {layer['digest']} is missing; the image is incomplete")
-        callback = progress(f"layer {i + 1}/{len(layers)}", int(layer.get("size", 0))) if progress else None
+        size = layer.get("size")  # for the progress bar only: a wrong one is not worth a refusal
+        size = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0
+        callback = progress(f"layer {i + 1}/{len(layers)}", size) if progress else None
         what = f"{path}: layer {i + 1}/{len(layers)} ({layer['digest'][:19]})"
         added.append(store.add_layer(_opener(source, blob), diff_id, layer["digest"], callback, what))
     ref = name or _ref_of(descriptor)
@@ -248,7 +290,7 @@ def _import_docker(
     images = []
     for entry in entries:
         config_raw = source.read(entry["Config"])
-        config = json.loads(config_raw)
+        config = check_config(_loads(config_raw, f"{path}: {_short(entry['Config'])}"))
         diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
         layers = entry.get("Layers") or []
         if len(layers) != len(diff_ids):
@@ -256,10 +298,10 @@ def _import_docker(
         added = []
         for i, (layer, diff_id) in enumerate(zip(layers, diff_ids)):
             if not store.has_layer(diff_id) and not source.has(layer):
-                raise ImageError(f"{path}: {layer} is missing; the archive is incomplete")
+                raise ImageError(f"{path}: {_short(layer)} is missing; the archive is incomplete")
             size = source.members[layer].size if isinstance(source, _TarSource) and layer in source.members else 0
             callback = progress(f"layer {i + 1}/{len(layers)}", size) if progress else None
-            what = f"{path}: layer {i + 1}/{len(layers)} ({layer})"
+            what = f"{path}: layer {i + 1}/{len(layers)} ({_short(layer)})"
             added.append(store.add_layer(_opener(source, layer), diff_id, None, callback, what))
         names = [name] if name else list(entry.get("RepoTags") or [])
         images.append(store.add_image(config, added, names, source=path))

@@ -65,6 +65,29 @@ def parse_ref(name: str) -> str:
     return name if ":" in last else f"{name}:latest"
 
 
+def check_config(config: Any, what: str = "image config") -> dict[str, Any]:
+    """``config`` if the parts of it a run reads have their types (image-spec config.md): a
+    hostile or broken image is refused at import, not by a traceback at run time."""
+    if not isinstance(config, dict):
+        raise ImageError(f"{what}: not a JSON object; the image is malformed")
+    run = config.get("config")
+    if run is not None and not isinstance(run, dict):
+        raise ImageError(f"{what}: config is not a JSON object; the image is malformed")
+    for key in ("Entrypoint", "Cmd", "Env"):
+        value = (run or {}).get(key)
+        if value is not None and not (isinstance(value, list) and all(_text(v) for v in value)):
+            raise ImageError(f"{what}: config.{key} is not a list of strings; the image is malformed")
+    for key in ("WorkingDir", "User"):
+        value = (run or {}).get(key)
+        if value is not None and not _text(value):
+            raise ImageError(f"{what}: config.{key} is not a string; the image is malformed")
+    return config
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and "\0" not in value
+
+
 class Image:
     """One image of the store: its id (config digest), names, layers bottom first, and config."""
 
@@ -89,7 +112,7 @@ class Image:
     @property
     def run_config(self) -> dict[str, Any]:
         """The "config" part of the image config: Env, Entrypoint, Cmd, WorkingDir, User."""
-        return dict(self.config.get("config") or {})
+        return dict(check_config(self.config, f"image {self.id}").get("config") or {})
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -347,6 +370,7 @@ class ImageStore:
 
     def add_image(self, config: dict[str, Any], layers: list[str], names: list[str], source: str) -> Image:
         """Record an image whose layers are all in the store; a name moves to it from any other."""
+        check_config(config)
         missing = [d for d in layers if not self.has_layer(d)]
         if missing:
             raise ImageError(f"layer {missing[0]} is not in the store; import it first")

@@ -847,10 +847,11 @@ class _Unpacker:
             return
         device = 0
         if kind == _CHR or kind == _BLK:
-            try:
-                device = os.makedev(_number(header[329:337]), _number(header[337:345]))
-            except (ValueError, OverflowError):
-                raise self._corrupt("bad device number") from None
+            major, minor = _number(header[329:337]), _number(header[337:345])
+            # mknod(2) takes a 12-bit major and a 20-bit minor; os.makedev wraps a negative one
+            if not (0 <= major < 1 << 12 and 0 <= minor < 1 << 20):
+                raise self._corrupt(f"bad device number {major}:{minor}")
+            device = os.makedev(major, minor)
             if device and not self.allow_devices:  # 0/0 is a whiteout, not a device
                 raise self._refuse(
                     f"is a {'character' if kind == _CHR else 'block'} device "

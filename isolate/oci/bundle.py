@@ -18,7 +18,7 @@ from isolate.errors import ConfigError
 from isolate.oci import steps as S
 from isolate.oci.warnings import warn
 from isolate.plan.seccomp import LoadSeccomp
-from isolate.plan.security import MaskPath, SetOomScoreAdj, last_cap
+from isolate.plan.security import ExecOnlyBeneathRoot, MaskPath, SetOomScoreAdj, last_cap
 from isolate.plan.steps import (
     Chdir,
     JoinCgroup,
@@ -77,6 +77,104 @@ SYSCTL_IPC = {"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "
               "kernel.shmmni", "kernel.shm_rmid_forced"}  # fmt: skip
 U64_MAX = (1 << 64) - 1
 
+# The types of the runtime-spec fields isolate-oci reads (config.md, config-linux.md), checked
+# once when config.json is loaded, so that no later step meets a string where a number goes: a
+# dict is an object (its "*" entry types every value, its "!" entry names the fields it must
+# have), [T] a list of T, ("int", LO, HI) an integer in that range.  Unknown fields pass (the
+# spec lets configs carry more); a null is dropped, as Go's decoder leaves a field it sets to
+# null at its zero value.
+_U32 = ("int", 0, (1 << 32) - 1)
+_I64 = ("int", -(1 << 63), (1 << 63) - 1)
+_U64 = ("int", 0, U64_MAX)
+_LIMIT = ("int", -(1 << 63), U64_MAX)  # rlimits: negative is taken for unlimited
+_DEVICE_RULE = {"allow": bool, "type": str, "major": _I64, "minor": _I64, "access": str}
+_RATE = [{"major": _I64, "minor": _I64, "rate": _U64, "!": ("major", "minor", "rate")}]
+_ID_MAP = [{"containerID": _U32, "hostID": _U32, "size": _U32, "!": ("containerID", "hostID", "size")}]
+_HOOKS = [{"path": str, "args": [str], "env": [str], "timeout": ("int", 0, (1 << 31) - 1), "!": ("path",)}]
+_CAPS = {key: [str] for key in ("bounding", "effective", "permitted", "inheritable", "ambient")}
+PROCESS_SCHEMA: dict[str, Any] = {
+    "terminal": bool, "consoleSize": {"height": _U32, "width": _U32},
+    "user": {"uid": _U32, "gid": _U32, "umask": _U32, "additionalGids": [_U32], "username": str},
+    "args": [str], "env": [str], "cwd": str, "capabilities": _CAPS,
+    "rlimits": [{"type": str, "soft": _LIMIT, "hard": _LIMIT, "!": ("type",)}], "noNewPrivileges": bool,
+    "oomScoreAdj": ("int", -1000, 1000), "apparmorProfile": str, "selinuxLabel": str,
+}  # fmt: skip
+RESOURCES_SCHEMA: dict[str, Any] = {
+    "devices": [_DEVICE_RULE],
+    "memory": {"limit": _I64, "reservation": _I64, "swap": _I64, "kernel": _I64, "kernelTCP": _I64,
+               "swappiness": _U64, "disableOOMKiller": bool},
+    "cpu": {"shares": _U64, "quota": _I64, "period": _U64, "realtimeRuntime": _I64, "realtimePeriod": _U64,
+            "cpus": str, "mems": str},
+    "pids": {"limit": _I64},
+    "blockIO": {"weight": ("int", 0, 65535), "leafWeight": ("int", 0, 65535),
+                "weightDevice": [{"major": _I64, "minor": _I64, "weight": ("int", 0, 65535),
+                                  "leafWeight": ("int", 0, 65535), "!": ("major", "minor")}],
+                "throttleReadBpsDevice": _RATE, "throttleWriteBpsDevice": _RATE, "throttleReadIOPSDevice": _RATE,
+                "throttleWriteIOPSDevice": _RATE},
+    "hugepageLimits": [{"pageSize": str, "limit": _U64, "!": ("pageSize", "limit")}],
+    "network": {"classID": _U32, "priorities": [{"name": str, "priority": _U32, "!": ("name", "priority")}]},
+    "unified": {"*": str},
+}  # fmt: skip
+CONFIG_SCHEMA: dict[str, Any] = {
+    "ociVersion": str, "hostname": str, "domainname": str, "annotations": {"*": str},
+    "root": {"path": str, "readonly": bool},
+    "process": PROCESS_SCHEMA,
+    "mounts": [{"destination": str, "type": str, "source": str, "options": [str]}],
+    "hooks": {"*": _HOOKS},
+    "linux": {
+        "uidMappings": _ID_MAP, "gidMappings": _ID_MAP, "sysctl": {"*": str}, "resources": RESOURCES_SCHEMA,
+        "cgroupsPath": str, "namespaces": [{"type": str, "path": str}],
+        "devices": [{"path": str, "type": str, "major": _I64, "minor": _I64, "fileMode": _U32, "uid": _U32,
+                     "gid": _U32}],
+        "seccomp": {"defaultAction": str, "defaultErrnoRet": _U32, "listenerPath": str,
+                    "syscalls": [{"names": [str], "action": str, "errnoRet": _U32,
+                                  "args": [{"index": _U32, "value": _U64, "valueTwo": _U64, "op": str}]}]},
+        "rootfsPropagation": str, "maskedPaths": [str], "readonlyPaths": [str], "mountLabel": str,
+    },
+}  # fmt: skip
+
+
+def check(doc: Any, schema: Any, where: str, field: str = "") -> None:
+    """Raise ConfigError naming the first field of ``doc`` whose type or range ``schema`` refuses."""
+    name = field or "the document"
+    if isinstance(schema, dict):
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{where}: {name}: expected a JSON object, got {_shown(doc)}")
+        for key in [k for k, v in doc.items() if v is None]:
+            del doc[key]
+        missing = [key for key in schema.get("!", ()) if key not in doc]
+        if missing:
+            raise ConfigError(f"{where}: {name}: {missing[0]} is missing")
+        for key, value in doc.items():
+            sub = schema.get(key, schema.get("*"))
+            if sub is not None:
+                part = key if key.isidentifier() else repr(key)
+                check(value, sub, where, f"{field}.{part}" if field else part)
+    elif isinstance(schema, list):
+        if not isinstance(doc, list):
+            raise ConfigError(f"{where}: {name}: expected a list, got {_shown(doc)}")
+        for i, item in enumerate(doc):
+            check(item, schema[0], where, f"{field}[{i}]")
+    elif schema is str:
+        if not isinstance(doc, str):
+            raise ConfigError(f"{where}: {name}: expected a string, got {_shown(doc)}")
+        if "\0" in doc:
+            raise ConfigError(f"{where}: {name}: {_shown(doc)} holds a NUL byte")
+    elif schema is bool:
+        if not isinstance(doc, bool):
+            raise ConfigError(f"{where}: {name}: expected true or false, got {_shown(doc)}")
+    else:
+        _, lowest, highest = schema
+        if not isinstance(doc, int) or isinstance(doc, bool):
+            raise ConfigError(f"{where}: {name}: expected an integer, got {_shown(doc)}")
+        if not lowest <= doc <= highest:
+            raise ConfigError(f"{where}: {name}: {_shown(doc)} is out of range ({lowest} to {highest})")
+
+
+def _shown(value: Any) -> str:
+    text = "null" if value is None else repr(value)
+    return text if len(text) <= 80 else text[:60] + "..." + text[-12:]
+
 
 def load(bundle: str) -> dict[str, Any]:
     path = os.path.join(bundle, "config.json")
@@ -87,11 +185,14 @@ def load(bundle: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such file or directory; a bundle holds config.json and its root") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read the bundle's config: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: cannot read the bundle's config: JSON nested too deeply") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: not a runtime-spec config (expected a JSON object)")
     version = str(config.get("ociVersion", ""))
     if not version.startswith("1."):
-        raise ConfigError(f"{path}: ociVersion {version!r} is not supported; isolate-oci reads runtime-spec 1.x")
+        raise ConfigError(f"{path}: ociVersion {_shown(version)} is not supported; isolate-oci reads runtime-spec 1.x")
+    check(config, CONFIG_SCHEMA, path)
     return config
 
 
@@ -173,8 +274,34 @@ def build(
     start_hooks_state: bytes,
 ) -> OciPlan:
     """The steps of one container.  ``errw``/``go_fd``/``state_dir_fd``/``null_fd``/``console_fd``
-    are the descriptors the child inherits (-1 when unused)."""
+    are the descriptors the child inherits (-1 when unused).  On an error the namespace files
+    opened so far are closed (on success they are the caller's, in ``plan.fds``)."""
     plan = OciPlan()
+    try:
+        _build(plan, config, rootfs, cgroup_version, cgroup_dirs, errw, go_fd, state_dir_fd, null_fd, console_fd,
+               no_pivot, seccomp_program, start_hooks_state)  # fmt: skip
+    except BaseException:
+        for fd in plan.fds:
+            os.close(fd)
+        raise
+    return plan
+
+
+def _build(
+    plan: OciPlan,
+    config: dict[str, Any],
+    rootfs: str,
+    cgroup_version: str | None,
+    cgroup_dirs: dict[str, str],
+    errw: int,
+    go_fd: int,
+    state_dir_fd: int,
+    null_fd: int,
+    console_fd: int,
+    no_pivot: bool,
+    seccomp_program: bytes | None,
+    start_hooks_state: bytes,
+) -> None:
     plan.errw = errw
     linux = config.get("linux") or {}
     process = config.get("process") or {}
@@ -268,6 +395,7 @@ def build(
     if not cwd.startswith("/"):
         raise ConfigError(f"process.cwd {cwd!r}: must be an absolute path")
     steps.append(Chdir(cwd))
+    steps.append(ExecOnlyBeneathRoot())  # capabilities still whole here: Landlock needs no no_new_privs
     if process.get("oomScoreAdj") is not None:
         steps.append(SetOomScoreAdj(int(process["oomScoreAdj"])))
     rlimits = []
@@ -323,7 +451,6 @@ def build(
     steps.append(identity)
     if seccomp is not None and nnp:
         steps.append(seccomp)
-    return plan
 
 
 def _check_capabilities(caps: dict[str, list[str]] | None) -> None:
@@ -334,7 +461,8 @@ def _check_capabilities(caps: dict[str, list[str]] | None) -> None:
     from isolate.plan.security import CAP_NUMBER
 
     have = L.cap_permitted()
-    wanted = {name for names in caps.values() for name in names or []}
+    # The five sets of the spec only (checked at load): other keys are not capabilities.
+    wanted = {name for key in _CAPS for name in caps.get(key) or []}
     unknown = sorted(n for n in wanted if n.upper().removeprefix("CAP_") not in CAP_NUMBER)
     if unknown:
         raise ConfigError(f"process.capabilities: unknown capability {', '.join(unknown)}; see capabilities(7)")

@@ -223,7 +223,7 @@ def writes(
             for dev in blkio.get(key) or []:
                 out.append(("blkio", f"blkio.throttle.{name}", f"{dev['major']}:{dev['minor']} {dev['rate']}"))
         for page in resources.get("hugepageLimits") or []:
-            out.append(("hugetlb", f"hugetlb.{page['pageSize']}.limit_in_bytes", str(page["limit"])))
+            out.append(("hugetlb", f"hugetlb.{_page_size(page['pageSize'])}.limit_in_bytes", str(page["limit"])))
         net = resources.get("network") or {}
         if net.get("classID") is not None:
             out.append(("net_cls", "net_cls.classid", str(net["classID"])))
@@ -262,7 +262,7 @@ def writes(
             for dev in blkio.get(key) or []:
                 out.append(("unified", "io.max", f"{dev['major']}:{dev['minor']} {name}={dev['rate'] or 'max'}"))
         for page in resources.get("hugepageLimits") or []:
-            out.append(("unified", f"hugetlb.{page['pageSize']}.max", str(page["limit"])))
+            out.append(("unified", f"hugetlb.{_page_size(page['pageSize'])}.max", str(page["limit"])))
         for name, value in (resources.get("unified") or {}).items():
             if "/" in name or name.startswith("."):
                 raise ConfigError(f"linux.resources.unified: {name!r} is not a cgroup file name")
@@ -275,6 +275,13 @@ def writes(
         limit = int(pids["limit"])
         out.append(("pids" if v1 else "unified", "pids.max", "max" if limit <= 0 else str(limit)))
     return out
+
+
+def _page_size(size: str) -> str:
+    """A hugepage size ("2MB", "1GB") as it goes into a cgroup file name: never a path."""
+    if not size.isalnum():
+        raise ConfigError(f"linux.resources.hugepageLimits: pageSize {size!r} is not a size like 2MB")
+    return size
 
 
 def _io_weight(weight: Any) -> int:

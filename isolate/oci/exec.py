@@ -18,7 +18,7 @@ from isolate.oci import bundle as B
 from isolate.oci import steps as S
 from isolate.oci.runtime import Runtime
 from isolate.plan.seccomp import LoadSeccomp
-from isolate.plan.security import last_cap
+from isolate.plan.security import ExecOnlyBeneathRoot, last_cap
 from isolate.plan.steps import Chdir, JoinCgroup, NoNewPrivs
 from isolate.process import child
 
@@ -78,6 +78,7 @@ def execute(runtime: Runtime, cid: str, process: dict[str, Any], detach: bool, p
             size = process.get("consoleSize") or {}
             steps.append(S.Console(console_fd, uid, int(size.get("height", 0)), int(size.get("width", 0))))
         steps.append(Chdir(process.get("cwd") or "/", create=False))
+        steps.append(ExecOnlyBeneathRoot())  # as the container's first process (bundle.build)
         rlimits = [(B.RLIMITS[i["type"]], B.rlimit_value(i.get("soft", 0)), B.rlimit_value(i.get("hard", 0)))
                    for i in process.get("rlimits") or [] if i.get("type") in B.RLIMITS]  # fmt: skip
         if rlimits:

@@ -213,8 +213,11 @@ def exec_(ctx: click.Context, container_id: str, command: tuple[str, ...], proce
         try:
             with open(process_file) as f:
                 process: dict[str, Any] = json.load(f)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise IsolateError(f"--process {process_file}: cannot read a process JSON: {exc}") from None
+        from isolate.oci.bundle import PROCESS_SCHEMA, check
+
+        check(process, PROCESS_SCHEMA, f"--process {process_file}")
     else:
         base = record.get("process") or {}
         process = {k: v for k, v in base.items() if k not in ("args", "terminal", "consoleSize")}
@@ -307,8 +310,11 @@ def update(ctx: click.Context, container_id: str, resources: str | None, memory:
         try:
             text = sys.stdin.read() if resources == "-" else open(resources).read()
             res: dict[str, Any] = json.loads(text)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise IsolateError(f"--resources {resources}: cannot read linux.resources JSON: {exc}") from None
+        from isolate.oci.bundle import RESOURCES_SCHEMA, check
+
+        check(res, RESOURCES_SCHEMA, f"--resources {resources}")
     else:
         res = {}
     mem = {k: v for k, v in (("limit", memory), ("swap", memory_swap), ("reservation", memory_reservation))

@@ -14,7 +14,7 @@ import termios
 
 from isolate import _libc
 from isolate.plan.security import CAP_NUMBER
-from isolate.plan.steps import Step, quote, resolve_in_root
+from isolate.plan.steps import Step, check_bound, fd_path, open_inside, quote, resolve_in_root
 from isolate.process.child import ExecLookupError
 
 TYPE_CHECKING = False
@@ -133,17 +133,34 @@ class OciMount(Step):
         else:
             kind = "dir"
         target = resolve_in_root(root, self.target, kind)
-        if self.is_bind:
-            _libc.mount(self.source, target, None, self.flags & ~_libc.MS_RDONLY)
-            remount = self.flags & (_libc.MS_RDONLY | _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC
-                                    | _libc.MS_NOATIME | _libc.MS_STRICTATIME)  # fmt: skip
+        # On a descriptor looked up again inside the root, not on the path: a component swapped
+        # for a symlink meanwhile would lead the mount out of it (CVE-2021-30465).
+        fd = open_inside(root, target)
+        try:
+            if self.is_bind:
+                _libc.mount(self.source, fd_path(fd, target), None, self.flags & ~_libc.MS_RDONLY)
+            else:
+                _libc.mount(self.source, fd_path(fd, target), self.fstype, self.flags, self.data or None)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        remount = self.flags & (_libc.MS_RDONLY | _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC
+                                | _libc.MS_NOATIME | _libc.MS_STRICTATIME) if self.is_bind else 0  # fmt: skip
+        if not remount and not self.propagation:
+            return
+        mounted = open_inside(root, target)  # now the new mount's root
+        try:
+            if self.is_bind:
+                check_bound(mounted, self.source)
+            at = fd_path(mounted, target)
             if remount:
-                kept = os.statvfs(target).f_flag & (_libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC)
-                _libc.mount(None, target, None, _libc.MS_BIND | _libc.MS_REMOUNT | remount | kept)
-        else:
-            _libc.mount(self.source, target, self.fstype, self.flags, self.data or None)
-        for flag in self.propagation:
-            _libc.mount(None, target, None, flag)
+                kept = os.statvfs(at).f_flag & (_libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC)
+                _libc.mount(None, at, None, _libc.MS_BIND | _libc.MS_REMOUNT | remount | kept)
+            for flag in self.propagation:
+                _libc.mount(None, at, None, flag)
+        finally:
+            if mounted >= 0:
+                os.close(mounted)
 
     def shell(self, root: str) -> str:
         opts = f" -o {quote(self.data)}" if self.data else ""

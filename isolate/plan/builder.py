@@ -254,6 +254,7 @@ def build_plan(config: SandboxConfig, sandbox_id: str, argv: list[str]) -> Plan:
         steps.append(RemountRootReadOnly())
     if not config.privileged:
         steps.append(NoNewPrivs())
+        steps.append(security.ExecOnlyBeneathRoot())
     if config.oom_score_adj is not None:
         steps.append(security.SetOomScoreAdj(config.oom_score_adj))
     steps += security.ulimit_steps(config.ulimits)

@@ -58,13 +58,23 @@ def load_docker_profile(path: str) -> dict[str, Any]:
             doc = json.load(f)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--seccomp {path}: cannot read a JSON profile ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"--seccomp {path}: JSON nested too deeply; not a seccomp profile") from None
     return profile_from_doc(doc, f"--seccomp {path}")
 
 
-def profile_from_doc(doc: dict[str, Any], where: str) -> dict[str, Any]:
-    """A docker profile or an OCI ``linux.seccomp`` object (the same fields) as our profile dict."""
+def profile_from_doc(doc: Any, where: str) -> dict[str, Any]:
+    """A docker profile or an OCI ``linux.seccomp`` object (the same fields) as our profile dict.
 
-    def action(name: str, errno_ret: int | None) -> list[Any]:
+    Every field read is checked for its type and range here (the document comes from outside),
+    so that compiling the profile meets only what libseccomp itself may refuse.
+    """
+
+    def action(name: Any, errno_ret: Any, field: str) -> list[Any]:
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}: {field} {_shown(name)} is not an action; use SCMP_ACT_ALLOW, _ERRNO, ...")
+        if errno_ret is not None and not _integer(errno_ret, 0, 4095):
+            raise ConfigError(f"{where}: errnoRet {_shown(errno_ret)} of {field}: use an errno from 0 to 4095")
         name = name.upper()
         if name == "SCMP_ACT_ALLOW":
             return ["allow"]
@@ -74,19 +84,57 @@ def profile_from_doc(doc: dict[str, Any], where: str) -> dict[str, Any]:
             return ["kill"]
         if name == "SCMP_ACT_LOG":
             return ["log"]
-        raise ConfigError(f"{where}: action {name} is not supported; use ALLOW, ERRNO, KILL or LOG")
+        raise ConfigError(f"{where}: action {_shown(name)} is not supported; use ALLOW, ERRNO, KILL or LOG")
 
     ops = {"SCMP_CMP_EQ": "eq", "SCMP_CMP_NE": "ne", "SCMP_CMP_LT": "lt", "SCMP_CMP_LE": "le", "SCMP_CMP_GT": "gt",
            "SCMP_CMP_GE": "ge", "SCMP_CMP_MASKED_EQ": "masked_eq"}  # fmt: skip
-    try:
-        profile: dict[str, Any] = {"default": action(doc["defaultAction"], doc.get("defaultErrnoRet")), "rules": []}
-        for group in doc.get("syscalls") or []:
-            args = [[a["index"], ops[a["op"]], a["value"], a.get("valueTwo", 0)] for a in group.get("args") or []]
-            for name in group.get("names") or [group.get("name")]:
-                profile["rules"].append([action(group["action"], group.get("errnoRet")), name, args])
-    except (KeyError, TypeError) as exc:
-        raise ConfigError(f"{where}: not a seccomp profile (missing {exc})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: not a seccomp profile (expected a JSON object)")
+    if "defaultAction" not in doc:
+        raise ConfigError(f"{where}: not a seccomp profile (defaultAction is missing)")
+    profile: dict[str, Any] = {"default": action(doc["defaultAction"], doc.get("defaultErrnoRet"), "defaultAction"),
+                               "rules": []}  # fmt: skip
+    groups = doc.get("syscalls") or []
+    if not isinstance(groups, list):
+        raise ConfigError(f"{where}: syscalls is not a list")
+    for i, group in enumerate(groups):
+        if not isinstance(group, dict):
+            raise ConfigError(f"{where}: syscalls[{i}] is not an object")
+        names = group.get("names") or [group.get("name")]
+        if not isinstance(names, list) or not all(isinstance(n, str) and n.isprintable() and n for n in names):
+            raise ConfigError(f"{where}: syscalls[{i}] names no syscall (names: a list of syscall names)")
+        args = group.get("args") or []
+        if not isinstance(args, list):
+            raise ConfigError(f"{where}: syscalls[{i}].args is not a list")
+        conditions = []
+        for j, arg in enumerate(args):
+            if not isinstance(arg, dict):
+                raise ConfigError(f"{where}: syscalls[{i}].args[{j}] is not an object")
+            index, value, two, op = arg.get("index"), arg.get("value"), arg.get("valueTwo", 0), arg.get("op")
+            if not _integer(index, 0, 5):
+                raise ConfigError(
+                    f"{where}: syscalls[{i}].args[{j}].index {_shown(index)}: a syscall has arguments 0-5"
+                )
+            for key, number in (("value", value), ("valueTwo", two)):
+                if not _integer(number, 0, (1 << 64) - 1):
+                    raise ConfigError(f"{where}: syscalls[{i}].args[{j}].{key} {_shown(number)}: not a 64-bit value")
+            if not isinstance(op, str) or op not in ops:
+                raise ConfigError(f"{where}: syscalls[{i}].args[{j}].op {_shown(op)}: use one of {', '.join(ops)}")
+            conditions.append([index, ops[op], value, two])
+        rule_action = action(group.get("action"), group.get("errnoRet"), f"syscalls[{i}].action")
+        for name in names:
+            profile["rules"].append([rule_action, name, conditions])
     return profile
+
+
+def _integer(value: Any, lowest: int, highest: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lowest <= value <= highest
+
+
+def _shown(value: Any) -> str:
+    """A value of the profile, for a message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + "..." + text[-12:]
 
 
 def compile_profile(profile: dict[str, Any]) -> bytes:
@@ -110,6 +158,8 @@ def compile_profile(profile: dict[str, Any]) -> bytes:
     ops = {"eq": sc.EQ, "ne": sc.NE, "lt": sc.LT, "le": sc.LE, "gt": sc.GT, "ge": sc.GE, "masked_eq": sc.MASKED_EQ}
     filt = sc.SyscallFilter(act(profile["default"]))
     for spec, name, args in profile["rules"]:
+        if spec == profile["default"]:
+            continue  # libseccomp refuses a rule that does what the default does (EACCES); runc skips it too
         try:
             sc.resolve_syscall(sc.Arch.NATIVE, name)
         except Exception:  # noqa: BLE001 - a syscall this architecture does not have
@@ -118,7 +168,13 @@ def compile_profile(profile: dict[str, Any]) -> bytes:
             sc.Arg(i, ops[op], value, mask) if op == "masked_eq" else sc.Arg(i, ops[op], value)
             for i, op, value, mask in args
         ]
-        filt.add_rule(act(spec), name, *conditions)
+        try:
+            filt.add_rule(act(spec), name, *conditions)
+        except OSError as exc:  # e.g. two conditions on one argument, or a rule libseccomp cannot express
+            raise ConfigError(
+                f"seccomp rule for {name} ({spec[0]}, {len(conditions)} conditions): libseccomp refuses it "
+                f"({exc.strerror or exc}); fix or drop the rule in the profile"
+            ) from None
     with tempfile.TemporaryFile() as out:
         filt.export_bpf(out)
         out.seek(0)

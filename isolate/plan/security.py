@@ -5,6 +5,9 @@
   MKNOD and relies on its device cgroup).  Bounding, effective, permitted and inheritable
   sets all, and the ambient set cleared (capabilities(7)).  ``--cap-add`` / ``--cap-drop``.
 - **no_new_privs**: execve can no longer grant privileges (setuid bits, file caps).
+- **Execution confined to the root** (Landlock, Linux 5.13): execve of a file outside the
+  sandbox's root fails, so the runtime's own binary, reached through /proc/self/exe, can never
+  run in the sandbox and be opened for writing there (CVE-2019-5736).
 - **Masked /proc paths** (a /dev/null or an empty read-only tmpfs over them) and
   **read-only /proc paths**, runc's lists (libcontainer/specconv).  /sys is read-only.
 - **seccomp** (see seccomp.py): a default filter that refuses the syscalls a sandbox has
@@ -106,6 +109,27 @@ class DropCapabilities(Step):
         caps = ",".join("cap_" + n.lower() for n in sorted(self.keep))
         dropped = ",".join("cap_" + n.lower() for n in CAPS if n not in self.keep)
         return f"capsh --drop={dropped or '-'} --caps='{caps or '-'}=eip' --"
+
+
+class ExecOnlyBeneathRoot(Step):
+    """Landlock: from here on, this process and its descendants may execve(2) only files
+    beneath "/" (the sandbox's root: after pivot_root, chroot or the setns into its mount
+    namespace).  What the kernel reaches outside it is refused with EACCES: the runtime's binary
+    through ``#!/proc/self/exe`` (CVE-2019-5736), a host program through a leaked descriptor.
+    Other accesses are not restricted.  Nothing happens on a kernel without Landlock."""
+
+    __slots__ = ()
+    what = "confining execution to the root (landlock)"
+
+    def apply(self, root: str) -> None:
+        fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _libc.landlock_execute_beneath(fd)
+        finally:
+            os.close(fd)
+
+    def shell(self, root: str) -> str:
+        return "# landlock: execute only files beneath / from now on"
 
 
 class SetRlimit(Step):

@@ -36,6 +36,9 @@ _KEEP_ON_REMOUNT = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC | _libc.MS
 # not the image's, so resolving a path below one starts there instead of checking every
 # component from the root again (a mount point is never a symlink).
 _fresh: dict[tuple[str, str], list[str]] = {}
+# The host paths (below the root) of the binds the child made: below one, the tree is a host
+# directory another sandbox may share and change while this one is built.
+_binds: dict[str, list[str]] = {}
 
 
 def resolve_in_root(root: str, path: str, create: str | None = None) -> str:
@@ -67,10 +70,14 @@ def resolve_in_root(root: str, path: str, create: str | None = None) -> str:
         except FileNotFoundError:
             if create is None:
                 raise
-            if parts or create == "dir":
-                os.mkdir(here, 0o755)
-            else:
-                os.close(os.open(here, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+            try:
+                _create_inside(root, done, name, "dir" if parts or create == "dir" else "file")
+            except FileExistsError:  # made meanwhile (a sandbox sharing the tree): look again
+                links += 1
+                if links > 40:
+                    raise
+                parts.insert(0, name)
+                continue
             done.append(name)
             continue
         if stat.S_ISLNK(st.st_mode):
@@ -84,6 +91,57 @@ def resolve_in_root(root: str, path: str, create: str | None = None) -> str:
             continue
         done.append(name)
     return os.path.join(root, *done)
+
+
+def _create_inside(root: str, done: list[str], name: str, kind: str) -> None:
+    """Make ``name`` ("dir" or "file") in the directory ``done`` of ``root``, that directory
+    opened again inside ``root`` (see open_inside): a component swapped for a symlink since
+    resolve_in_root looked at it cannot send the new entry out of the root (CVE-2018-15664)."""
+    parent = open_inside(root, os.path.join(root, *done), os.O_DIRECTORY)
+    if parent < 0:  # before Linux 5.6: by path, as always
+        parent = os.open(os.path.join(root, *done), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if kind == "dir":
+            os.mkdir(name, 0o755, dir_fd=parent)
+        else:
+            flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(name, flags, 0o644, dir_fd=parent))
+    finally:
+        os.close(parent)
+
+
+def open_inside(root: str, target: str, flags: int = 0) -> int:
+    """An O_PATH descriptor of ``target`` (a host path below ``root``, as resolve_in_root made
+    it), looked up again by the kernel as if ``root`` were "/" (openat2, RESOLVE_IN_ROOT).
+
+    Mounting on its /proc/self/fd path lands in the root even if another sandbox sharing the
+    tree (a volume) swapped a component for a symlink since resolve_in_root looked: mount(2) on
+    the path would follow that symlink out of it (CVE-2021-30465).  -1 before Linux 5.6, where
+    the caller falls back to the path."""
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _libc.open_in_root(root_fd, os.path.relpath(target, root), os.O_PATH | flags)
+    except OSError as exc:
+        if exc.errno == errno.ENOSYS:
+            return -1
+        raise
+    finally:
+        os.close(root_fd)
+
+
+def fd_path(fd: int, fallback: str) -> str:
+    """What to pass mount(2) for a descriptor from open_inside (the path when there is none)."""
+    return f"/proc/self/fd/{fd}" if fd >= 0 else fallback
+
+
+def check_bound(fd: int, source: str) -> None:
+    """``fd`` (open_inside of a bind's target, once bound) must be the root of that bind: the
+    source itself.  Else the path was swapped in between, and a remount (read-only, propagation)
+    would change something else than the bind."""
+    if fd >= 0:
+        got, want = os.fstat(fd), os.stat(source)
+        if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
+            raise OSError(errno.EBUSY, "the mount point changed while it was mounted on")
 
 
 def _flag_words(flags: int) -> list[str]:
@@ -175,17 +233,37 @@ class Mount(Step):
             if self.create == "":  # optional: a path this kernel may not have (e.g. /proc/bus)
                 return
             raise
-        if self.flags & _libc.MS_BIND and self.flags & _libc.MS_RDONLY:
-            # A bind ignores MS_RDONLY; read-only needs a second, remounting call.  Keep the
-            # source's nosuid/nodev/noexec: as real root we could drop them, and must not.
-            _libc.mount(self.source, target, None, self.flags & ~_libc.MS_RDONLY)
-            kept = os.statvfs(target).f_flag & _KEEP_ON_REMOUNT
-            _libc.mount(None, target, None, _libc.MS_BIND | _libc.MS_REMOUNT | _libc.MS_RDONLY | kept)
-        else:
-            _libc.mount(self.source, target, self.fstype, self.flags, self.data)
-            if not self.host_target and not self.flags & _libc.MS_BIND:
-                key = "/".join(p for p in self.target.split("/") if p not in ("", "."))
-                _fresh[(root, key)] = target[len(root) :].strip("/").split("/")
+        # Below a bind (a volume), a sandbox sharing it could swap a component of the target for a
+        # symlink since it was resolved: mount on a descriptor looked up inside the root.  The
+        # rest of the root (the overlay, fresh filesystems) is this sandbox's alone: the path
+        # is enough, and cheaper.
+        shared = not self.host_target and any(target.startswith(b + "/") for b in _binds.get(root, ()))
+        fd = open_inside(root, target) if shared else -1
+        try:
+            if self.flags & _libc.MS_BIND and self.flags & _libc.MS_RDONLY:
+                # A bind ignores MS_RDONLY; read-only needs a second, remounting call, on the
+                # new mount (the target looked up again).  Keep the source's nosuid/nodev/noexec:
+                # as real root we could drop them, and must not.
+                _libc.mount(self.source, fd_path(fd, target), None, self.flags & ~_libc.MS_RDONLY)
+                bound = open_inside(root, target) if shared else -1
+                try:
+                    check_bound(bound, self.source)
+                    kept = os.statvfs(fd_path(bound, target)).f_flag & _KEEP_ON_REMOUNT
+                    flags = _libc.MS_BIND | _libc.MS_REMOUNT | _libc.MS_RDONLY | kept
+                    _libc.mount(None, fd_path(bound, target), None, flags)
+                finally:
+                    if bound >= 0:
+                        os.close(bound)
+            else:
+                _libc.mount(self.source, fd_path(fd, target), self.fstype, self.flags, self.data)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if not self.host_target and not self.flags & _libc.MS_BIND:
+            key = "/".join(p for p in self.target.split("/") if p not in ("", "."))
+            _fresh[(root, key)] = target[len(root) :].strip("/").split("/")
+        elif not self.host_target:
+            _binds.setdefault(root, []).append(target)
 
     def shell(self, root: str) -> str:
         target = self.target if self.host_target else root + self.target
@@ -412,9 +490,15 @@ class Chdir(Step):
     what = "chdir to the working directory"
 
     def apply(self, root: str) -> None:
-        if self.create:
-            os.makedirs(self.path, 0o755, exist_ok=True)
-        os.chdir(self.path)
+        # Runs once "/" is the sandbox's root.  The path is resolved as chroot would, so a
+        # magic link (/proc/self/fd/N: a descriptor this process still holds) is read as the
+        # path it names, inside the root, and never makes a host directory the working
+        # directory (CVE-2024-21626); nor is anything created through one.
+        os.chdir(resolve_in_root("/", self.path, "dir" if self.create else None))
+        try:
+            os.getcwd()  # ENOENT when the working directory is not below the root
+        except FileNotFoundError:
+            raise OSError(f"the working directory {self.path} is outside the sandbox's root") from None
 
     def shell(self, root: str) -> str:
         return f"cd {quote(self.path)}"

@@ -79,6 +79,11 @@ def run(
     """
     step: Step | None = None
     try:
+        # Not dumpable until the exec (which makes the command dumpable again): once this process
+        # is visible in the sandbox and its capabilities are dropped, a process there could
+        # otherwise read its /proc/PID/exe (the runtime's binary, CVE-2019-5736), its descriptors
+        # and memory, or ptrace it (CVE-2016-9962).
+        _libc.prctl(_libc.PR_SET_DUMPABLE, 0)
         _libc.close_range_cloexec(keep_fds)
         for fd in range(3, keep_fds):
             try:

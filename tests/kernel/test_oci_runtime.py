@@ -174,7 +174,7 @@ def test_errors_name_the_problem_for_engines(oci: Runtime, bundle: Any, tmp_path
     broken = {**default_config()["linux"], "uidMappings": [{"containerID": 0, "size": 1}], "gidMappings": [{}]}
     broken["namespaces"] = [*broken["namespaces"], {"type": "user"}]
     shape = oci("create", "--bundle", str(bundle(["true"], linux=broken)), "e8")
-    assert shape.returncode == 1 and shape.stderr.startswith("isolate-oci: invalid runtime-spec input: KeyError")
+    assert shape.returncode == 1 and shape.stderr.endswith("config.json: linux.uidMappings[0]: hostID is missing\n")
     if not os.path.exists("/sys/module/apparmor/parameters/enabled"):
         apparmor = oci("create", "--bundle", str(bundle(["true"], process={**process, "apparmorProfile": "x"})), "e7")
         assert apparmor.returncode == 1 and "AppArmor is not enabled" in apparmor.stderr
