@@ -84,14 +84,18 @@ def missing(version: str, dirs: dict[str, str]) -> list[str]:
     """The directories :func:`create` would make now, parents first."""
     out: list[str] = []
     for controller, path in dirs.items():
-        mount = _mount_of(version, controller, path)
-        levels = []
-        level = path
-        while level != mount and not os.path.isdir(level):
-            levels.append(level)
-            level = os.path.dirname(level)
-        out += reversed(levels)
+        out += _missing_levels(_mount_of(version, controller, path), path)
     return out
+
+
+def _missing_levels(mount: str, path: str) -> list[str]:
+    """The directories from below ``mount`` down to ``path`` that do not exist yet, parents first."""
+    levels = []
+    level = path
+    while level != mount and not os.path.isdir(level):
+        levels.append(level)
+        level = os.path.dirname(level)
+    return levels[::-1]
 
 
 def create(version: str, dirs: dict[str, str], resources: dict[str, Any],
@@ -101,12 +105,7 @@ def create(version: str, dirs: dict[str, str], resources: dict[str, Any],
     try:
         for controller, path in dirs.items():
             mount = _mount_of(version, controller, path)
-            levels = []
-            level = path
-            while level != mount and not os.path.isdir(level):
-                levels.append(level)
-                level = os.path.dirname(level)
-            for level in reversed(levels):
+            for level in _missing_levels(mount, path):
                 try:
                     os.mkdir(level, 0o755)
                 except FileExistsError:

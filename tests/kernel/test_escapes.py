@@ -56,6 +56,7 @@ from typing import Any, NamedTuple
 
 import pytest
 from support.commands import require
+from support.host import reap_children
 
 import isolate
 from isolate.oci.template import default_config
@@ -209,17 +210,6 @@ class Container(NamedTuple):
     rootfs: Path
 
 
-def _reap() -> None:
-    """isolate-oci's containers are the caller's children (it clones them with CLONE_PARENT)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
 def bundle(host: Host, args: list[str], mounts: list[dict[str, Any]] | None = None,
            **process: Any) -> tuple[Path, Path]:  # fmt: skip
     """A bundle: a writable copy of the busybox root, the host's /usr bound read-only (python3)."""
@@ -259,7 +249,7 @@ def container(host: Host, args: list[str], mounts: list[dict[str, Any]] | None =
         yield Container(cid, top, rootfs)
     finally:
         host.oci("delete", "--force", cid)
-        _reap()
+        reap_children()
 
 
 def wait_for(path: Path, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30) -> bool:
@@ -466,7 +456,7 @@ def test_cve_2024_21626_no_leaked_descriptor_and_cwd_stays_inside(front: str, ho
         for cwd in ["/", *(f"/proc/self/fd/{n}" for n in range(3, 13))]:  # create: the first process
             top, _ = bundle(host, probe, cwd=cwd)
             done_oci = host.oci("run", "--bundle", str(top), "cve-" + os.urandom(4).hex())
-            _reap()
+            reap_children()
             check_fd_probe(done_oci, f"isolate-oci run (process.cwd {cwd})")
         with container(host, ["sleep", "1000"]) as c:
             check_fd_probe(host.oci("exec", c.id, *probe), "isolate-oci exec")
@@ -558,7 +548,7 @@ def race_volume(front: str, host: Host, tmp_path: Path, outside: Path, target: s
                 mounts = [bind(shared, "/data"), bind(volume, where)]
                 top, _ = bundle(host, show, mounts)
                 done_oci = host.oci("run", "--bundle", str(top), "cve-" + os.urandom(4).hex())
-                _reap()
+                reap_children()
                 out, ok, err = done_oci.stdout, done_oci.returncode == 0, done_oci.stderr
                 shutil.rmtree(top)
             if not ok:
@@ -855,7 +845,7 @@ def test_cve_2022_0492_no_release_agent_can_be_written(front: str, host: Host) -
         with container(host, ["sleep", "1000"]) as c:
             done_oci = host.oci("exec", c.id, *probe)
         done_run = host.oci("run", "--bundle", str(bundle(host, probe)[0]), "cve-" + os.urandom(4).hex())
-        _reap()
+        reap_children()
         assert done_run.returncode == 0, done_run.stderr
         check_cgroup_probe(json.loads(done_run.stdout.strip().splitlines()[-1]), "isolate-oci run")
         out, err = done_oci.stdout, done_oci.stderr
@@ -1058,7 +1048,7 @@ def test_cve_2017_5226_no_keystrokes_into_the_callers_terminal(front: str, host:
 
     def attempt(before: list[str], own_terminal: bool, name: str) -> None:
         code, shown = on_terminal(lambda caller: [*before, *probe(caller)], host.env)
-        _reap()
+        reap_children()
         check_tty_probe(code, shown, canary, name, own_terminal)
 
     if front == "run":
@@ -1079,7 +1069,7 @@ def test_cve_2017_5226_no_keystrokes_into_the_callers_terminal(front: str, host:
             return [*oci, "run", "--bundle", str(top), "cve-" + os.urandom(4).hex()]
 
         code, shown = on_terminal(oci_run, host.env)
-        _reap()
+        reap_children()
         check_tty_probe(code, shown, canary, "isolate-oci run", False)
         with container(host, ["sleep", "1000"]) as c:
             attempt([*oci, "exec", c.id], False, "isolate-oci exec")
@@ -1113,7 +1103,7 @@ def check_console(host: Host, tmp_path: Path, probe: list[str], canary: str) -> 
     finally:
         server.close()
         host.oci("delete", "--force", cid)
-        _reap()
+        reap_children()
     check_tty_probe(0, shown.decode(errors="replace"), canary, "isolate-oci with a console", True)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from support.chaos import Chaos, Host, children, cli_env, comm, isolate, monitor_pids, sigkill, the_monitor, wait_until
 from support.commands import ISOLATE_BIN
-from support.host import processes_matching, remove_cgroup_trees, sandbox_cgroups, sandbox_children
+from support.host import processes_matching, reap_children, remove_cgroup_trees, sandbox_cgroups, sandbox_children
 from support.oci_layouts import make_layout
 
 from isolate import Limits, Sandbox
@@ -318,19 +318,8 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _reap() -> None:
-    """isolate-oci create leaves the container as its caller's child (no subreaper here)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
 def _all_reaped() -> bool:
-    _reap()
+    reap_children()
     return not sandbox_children()
 
 
@@ -374,10 +363,10 @@ def test_kill_oci_runtime_between_create_and_start(tmp_path: Path, busybox_root:
             leaks += [f"state {root}/{e}" for e in left]
             chaos.check(leaks + host.leaks((marker,)))
     finally:
-        _reap()
+        reap_children()
         # what a failed iteration left must not fail every test after this one
         remove_cgroup_trees([c for c in sandbox_cgroups() if os.path.basename(c).startswith("chaos")])
-        _reap()
+        reap_children()
     chaos.report()
 
 

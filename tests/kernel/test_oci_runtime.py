@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.host import reap_children
 
 from isolate.oci.template import default_config
 from isolate.plan.security import CAPS
@@ -59,18 +60,7 @@ def oci(tmp_path: Path) -> Iterator[Runtime]:
         for name in os.listdir(runtime.root):
             if (runtime.root / name / "state.json").exists():
                 runtime("delete", "--force", name)
-    _reap()
-
-
-def _reap() -> None:
-    """create leaves the container's process as our child (no subreaper here): reap the dead."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    reap_children()
 
 
 def make_bundle(path: Path, busybox_root: Path, args: list[str], **changes: Any) -> Path:
@@ -94,7 +84,7 @@ def bundle(tmp_path: Path, busybox_root: Path) -> Any:
 def wait_stopped(oci: Runtime, cid: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while oci.state(cid)["status"] != "stopped":
-        _reap()
+        reap_children()
         assert time.monotonic() < deadline, f"{cid} still {oci.state(cid)['status']}"
         time.sleep(0.02)
 
@@ -197,7 +187,7 @@ def test_exec_detached_and_attached(oci: Runtime, bundle: Any, tmp_path: Path) -
     missing = oci("exec", "x1", "nosuchcmd")
     assert missing.returncode == 1 and "executable file not found" in missing.stderr
     oci.ok("delete", "--force", "x1")
-    _reap()
+    reap_children()
     assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split(")")[1][:3]
 
 
@@ -555,6 +545,6 @@ def test_delete_reports_a_cgroup_it_cannot_reach(oci: Runtime, bundle: Any) -> N
         assert not (oci.root / "d1").exists()
         assert container_cgroups("d1") == [os.path.join(hidden, "isolate", "d1")]
     finally:
-        _reap()
+        reap_children()
         for path in container_cgroups("d1"):
             os.rmdir(path)

@@ -195,3 +195,15 @@ def remove_cgroup_trees(tops: list[str], before_each_try: Callable[[], None] | N
             if time.monotonic() > deadline:
                 raise RuntimeError(f"cannot remove the cgroups {tops}")
             time.sleep(0.05)
+
+
+def reap_children() -> None:
+    """Reap this process's exited children without waiting: isolate-oci create leaves the
+    container's process as its caller's child (CLONE_PARENT; no subreaper on these hosts)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
